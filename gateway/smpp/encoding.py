@@ -34,7 +34,7 @@ GSM7_BASIC: str = (
     " !\"#¤%&'()*+,-./"
     "0123456789:;<=>?"
     "¡ABCDEFGHIJKLMNO"
-    "PQRSTUVWXYZÄÖÑܧ"
+    "PQRSTUVWXYZÄÖÑ\u00dc\u00a7"
     "¿abcdefghijklmno"
     "pqrstuvwxyzäöñüà"
 )
@@ -317,9 +317,7 @@ def encode_message(
     plan = _plan(clean, force_ucs2=force_ucs2, ref16=ref >= 256)
     total = len(plan.chunks)
     if total > MAX_PARTS:
-        raise ValueError(
-            f"message too long: needs {total} parts, at most {MAX_PARTS} are allowed"
-        )
+        raise ValueError(f"message too long: needs {total} parts, at most {MAX_PARTS} are allowed")
 
     if plan.encoding is Encoding.GSM7:
         payloads = [gsm7_encode(chunk) for chunk in plan.chunks]

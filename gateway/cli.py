@@ -1,0 +1,226 @@
+"""``smsgw`` command line: serve, migrate, smsc-sim, apikey, templates, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from gateway import PROJECT_ROOT
+from gateway.config import Config, ConfigError, load_config
+
+log = logging.getLogger("smsgw.cli")
+
+SCOPES = ("messages:send", "events:write", "campaigns:write", "campaigns:approve",
+          "subscribers:write", "admin")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("arq").setLevel(logging.WARNING)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+async def _migrate(cfg: Config) -> list[str]:
+    from gateway.store.migrate import ensure_database, migrate_dsn
+
+    await ensure_database(cfg.database.dsn)
+    return await migrate_dsn(cfg.database.dsn, PROJECT_ROOT / "sql")
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    applied = asyncio.run(_migrate(_config(args)))
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+async def _serve(cfg: Config) -> None:
+    from gateway.service import Gateway
+
+    await _migrate(cfg)
+    gw = Gateway(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gw.start()
+    log.info("smsgw serving; SMSC %s:%s; Ctrl-C or SIGTERM to stop", cfg.smpp.host, cfg.smpp.port)
+    await stop.wait()
+    log.info("stopping: intake closed, draining the window")
+    await gw.stop(timeout=10)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    asyncio.run(_serve(_config(args)))
+    return 0
+
+
+def cmd_smsc_sim(args: argparse.Namespace) -> int:
+    from gateway.smpp.simulator import SimulatorConfig, serve_forever
+
+    mix: list[tuple[str, float]] = []
+    for item in args.mix.split(","):
+        state, _, weight = item.partition("=")
+        mix.append((state.strip().upper(), float(weight or 1)))
+    cfg = SimulatorConfig(
+        host=args.host, port=args.port, system_id=args.system_id, password=args.password,
+        receipt_delay_s=args.receipt_delay, receipt_mix=tuple(mix), tps_limit=args.tps,
+        message_id_format=args.id_format, control_host=args.host,
+        control_port=args.control_port, seed=args.seed)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(cfg))
+    return 0
+
+
+async def _apikey(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from gateway.store.apikeys import ApiKeyStore
+
+    cfg = _config(args)
+    await _migrate(cfg)
+    pool = await asyncpg.create_pool(cfg.database.dsn, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        store = ApiKeyStore(pool)
+        if args.action == "create":
+            scopes = args.scope or ["messages:send"]
+            bad = [s for s in scopes if s not in SCOPES]
+            if bad:
+                print(f"unknown scope(s) {', '.join(bad)}; choose from {', '.join(SCOPES)}",
+                      file=sys.stderr)
+                return 2
+            try:
+                key, plaintext = await store.create(args.name, tuple(scopes))
+            except ValueError as exc:
+                print(str(exc), file=sys.stderr)
+                return 1
+            print(f"created key {key.name!r} (prefix {key.prefix}) with scopes "
+                  f"{', '.join(key.scopes)}")
+            print(plaintext)
+            print("store it now: it is shown once and kept only as a hash", file=sys.stderr)
+        elif args.action == "list":
+            for k in await store.list():
+                state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+                print(f"{k.id:>4}  {k.name:<24} {k.prefix:<10} {state:<18} {','.join(k.scopes)}")
+        else:
+            if not await store.revoke(args.name):
+                print(f"no active key named or numbered {args.name!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.name}")
+        return 0
+    finally:
+        await pool.close()
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    return asyncio.run(_apikey(args))
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    from gateway.templating import TemplateError, TemplateRenderer
+
+    renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms")
+    failed = 0
+    print(f"{'template':<22} {'class':<12} {'encoding':<8} {'segments':>8}  warnings")
+    for name, result in renderer.check_all():
+        if isinstance(result, TemplateError):
+            failed += 1
+            print(f"{name:<22} {'?':<12} {'-':<8} {'-':>8}  ERROR: {result.reason}")
+            continue
+        meta = renderer.meta(name)
+        warn = "; ".join(result.warnings)
+        if result.warnings and meta.message_class.value == "advertising":
+            failed += 1
+        print(f"{name:<22} {meta.message_class.value:<12} {result.encoding.value:<8} "
+              f"{result.segments:>8}  {warn}")
+    return 1 if failed else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return asyncio.run(run_demo(_config(args)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smsgw", description="SMS customer-care gateway")
+    p.add_argument("--config", help="TOML config file (default: built-in defaults + SMSGW_* env)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="run HTTP API + SMPP binds + arq worker").set_defaults(
+        func=cmd_serve)
+    sub.add_parser("migrate", help="create the database if needed and apply sql/ migrations"
+                   ).set_defaults(func=cmd_migrate)
+    sub.add_parser("demo", help="end-to-end demo against the built-in SMSC simulator"
+                   ).set_defaults(func=cmd_demo)
+
+    sim = sub.add_parser("smsc-sim", help="run the built-in SMSC simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=2775)
+    sim.add_argument("--system-id", default="smsgw")
+    sim.add_argument("--password", default="secret")
+    sim.add_argument("--receipt-delay", type=float, default=0.2, help="seconds before a DLR")
+    sim.add_argument("--mix", default="DELIVRD=1",
+                     help="receipt states and weights, e.g. DELIVRD=0.9,UNDELIV=0.05,EXPIRED=0.05")
+    sim.add_argument("--tps", type=float, default=None, help="answer ESME_RTHROTTLED above this")
+    sim.add_argument("--id-format", choices=("hex", "decimal"), default="hex")
+    sim.add_argument("--control-port", type=int, default=None,
+                     help="HTTP control endpoint (GET /stats, POST /mo, /drop, /reset)")
+    sim.add_argument("--seed", type=int, default=None)
+    sim.set_defaults(func=cmd_smsc_sim)
+
+    key = sub.add_parser("apikey", help="manage API keys (stored hashed)")
+    ksub = key.add_subparsers(dest="action", required=True)
+    kc = ksub.add_parser("create", help="create a key and print it once")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--scope", action="append", choices=SCOPES,
+                    help="repeat for several; default messages:send")
+    ksub.add_parser("list", help="list keys (never their secret)")
+    kr = ksub.add_parser("revoke", help="revoke a key by name or id")
+    kr.add_argument("name")
+    key.set_defaults(func=cmd_apikey)
+
+    tpl = sub.add_parser("templates", help="template tools")
+    tsub = tpl.add_subparsers(dest="action", required=True)
+    tsub.add_parser("check", help="render every template with its sample data")
+    tpl.set_defaults(func=cmd_templates)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg_level = load_config(args.config).log.level
+    except ConfigError as exc:
+        print(f"smsgw: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(cfg_level)
+    from gateway.service import DependencyDown
+
+    try:
+        result: int = args.func(args)
+        return result
+    except DependencyDown as exc:
+        print(f"smsgw: {exc}", file=sys.stderr)
+        return 3
+    except ConfigError as exc:
+        print(f"smsgw: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from gateway.service import DependencyDown as _  # noqa: F401
+
+        print(f"smsgw: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Accepting one message: validate, render, count, store, enqueue.
+
+The row is written to Postgres first; only then is the job enqueued. If Redis is down or the
+process dies between the two, the row stays ``queued`` and the sweeper enqueues it later, so
+an accepted message is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import SendingConfig
+from gateway.domain import MessageClass, Priority
+from gateway.masking import mask_msisdn
+from gateway.numbers import InvalidNumber, normalise_msisdn
+from gateway.queue import JobQueue
+from gateway.smpp.encoding import analyse, khong_dau, normalise
+from gateway.store.messages import MessageRecord, MessageStore, NewMessage
+from gateway.templating import TemplateError, TemplateRenderer
+
+log = logging.getLogger("smsgw.intake")
+
+MAX_SEGMENTS = 10
+_SENDER_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_. ")
+
+
+class IntakeError(Exception):
+    """The caller's request is wrong; ``field`` and ``reason`` go back in the 4xx body."""
+
+    def __init__(self, field: str, reason: str, *, status: int = 422) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendRequest:
+    to: str
+    text: str | None = None
+    template: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    sender: str | None = None
+    idempotency_key: str | None = None
+    khong_dau: bool = False
+    message_class: MessageClass | None = None
+
+
+def check_sender(sender: str) -> str:
+    """Brandname ≤ 11 chars of Latin letters, digits, - _ . space; or a numeric sender."""
+    if sender.isdigit():
+        if len(sender) > 20:
+            raise IntakeError("sender", "a numeric sender has at most 20 digits")
+        return sender
+    if not sender or len(sender) > 11:
+        raise IntakeError("sender", "a brandname has 1 to 11 characters")
+    bad = sorted(set(sender) - _SENDER_OK)
+    if bad:
+        raise IntakeError("sender", f"a brandname may only use Latin letters, digits, '-', '_', "
+                                    f"'.' and space; found {''.join(bad)!r}")
+    return sender
+
+
+class Intake:
+    def __init__(self, *, store: MessageStore, queue: JobQueue | None,
+                 renderer: TemplateRenderer, sending: SendingConfig) -> None:
+        self._store = store
+        self._queue = queue
+        self._renderer = renderer
+        self._sending = sending
+
+    def _body(self, req: SendRequest) -> tuple[str, MessageClass, str | None]:
+        if (req.text is None) == (req.template is None):
+            raise IntakeError("text", "give exactly one of 'text' or 'template' (+ 'data')")
+        if req.template is not None:
+            try:
+                meta = self._renderer.meta(req.template)
+                rendered = self._renderer.render(req.template, req.data, khong_dau=req.khong_dau)
+            except TemplateError as exc:
+                field_name = "template" if exc.template is None or "unknown" in exc.reason \
+                    else "data"
+                raise IntakeError(field_name, exc.reason) from exc
+            return rendered.text, req.message_class or meta.message_class, meta.sender
+        text = normalise(req.text or "").strip()
+        if not text:
+            raise IntakeError("text", "is empty")
+        if req.khong_dau:
+            text = khong_dau(text)
+        return text, req.message_class or MessageClass.CARE, None
+
+    async def submit(self, req: SendRequest, *, api_key_id: int | None) -> tuple[
+            MessageRecord, bool]:
+        """Store and enqueue one message; returns (record, created)."""
+        try:
+            msisdn = normalise_msisdn(req.to, region=self._sending.region)
+        except InvalidNumber as exc:
+            raise IntakeError("to", f"{exc.value!r} is not a usable mobile number: "
+                                    f"{exc.reason}") from exc
+        body, message_class, template_sender = self._body(req)
+        sender = check_sender(req.sender or template_sender or self._sending.default_sender)
+        info = analyse(body)
+        if info.segments > MAX_SEGMENTS:
+            raise IntakeError("text", f"is {info.segments} SMS parts long ({info.encoding}, "
+                                      f"{info.units} units); the limit is {MAX_SEGMENTS}")
+        if req.idempotency_key is not None and not 1 <= len(req.idempotency_key) <= 200:
+            raise IntakeError("idempotency_key", "must be 1 to 200 characters")
+        record, created = await self._store.create(NewMessage(
+            msisdn=msisdn, sender=sender, body=body, encoding=info.encoding,
+            segments=info.segments, message_class=message_class,
+            priority=Priority.CARE if message_class is MessageClass.CARE else Priority.BULK,
+            template=req.template, khong_dau=req.khong_dau,
+            idempotency_key=req.idempotency_key, api_key_id=api_key_id))
+        if created:
+            log.info("message %s to %s queued (%s, %d part(s))", record.id, mask_msisdn(msisdn),
+                     info.encoding.value, info.segments)
+            await self._enqueue(record)
+        return record, created
+
+    async def _enqueue(self, record: MessageRecord) -> None:
+        if self._queue is None:
+            return
+        try:
+            await self._queue.enqueue_send([record.id], job_id=f"send:{record.id}")
+        except Exception as exc:  # Redis down: the sweeper will enqueue the queued row later
+            log.warning("could not enqueue message %s (%s); the sweeper will retry", record.id,
+                        exc)

@@ -1,0 +1,68 @@
+"""The arq queue seen from the producer side (HTTP intake, sweeper).
+
+Jobs are serialised with msgpack, never pickle: a pickled job in Redis would let anyone who
+can write to Redis run code in the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import msgpack
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+
+from gateway.config import RedisConfig
+
+log = logging.getLogger("smsgw.queue")
+
+SEND_FUNCTION = "send_messages"
+
+
+def serialize(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def deserialize(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+def redis_settings(cfg: RedisConfig) -> RedisSettings:
+    settings = RedisSettings.from_dsn(cfg.dsn)
+    settings.conn_retries = 1
+    settings.conn_timeout = 2
+    return settings
+
+
+async def connect(cfg: RedisConfig) -> ArqRedis:
+    pool: ArqRedis = await create_pool(
+        redis_settings(cfg), job_serializer=serialize, job_deserializer=deserialize,
+        default_queue_name=cfg.queue_name)
+    return pool
+
+
+class JobQueue:
+    """Enqueues send jobs; the job id is derived from the message ids so a re-enqueue of the
+    same batch while its job is pending is a no-op in arq."""
+
+    def __init__(self, redis: ArqRedis, cfg: RedisConfig) -> None:
+        self.redis = redis
+        self._queue = cfg.queue_name
+
+    async def enqueue_send(self, ids: Sequence[UUID], *, job_id: str | None = None) -> bool:
+        if not ids:
+            return False
+        jid = job_id or f"send:{ids[0]}" + (f"+{len(ids) - 1}" if len(ids) > 1 else "")
+        job = await self.redis.enqueue_job(SEND_FUNCTION, [str(i) for i in ids], _job_id=jid,
+                                           _queue_name=self._queue)
+        return job is not None
+
+    async def depth(self) -> int:
+        return int(await self.redis.zcard(self._queue))
+
+    async def ping(self) -> None:
+        await self.redis.ping()

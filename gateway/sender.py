@@ -1,0 +1,245 @@
+"""The send pipeline between the arq jobs and the SMPP binds.
+
+``send_ids`` claims queued rows (queued → submitting; a row another run already claimed is
+skipped, which is what makes an at-least-once job re-run harmless), submits every part
+through the window, and hands the outcome to :class:`LedgerWriter`, which batches ledger
+writes (submit results first, then receipts) so Postgres is not one round trip per PDU.
+
+Receipts arriving on any bind go through :meth:`Sender.on_deliver`; the deliver_sm is
+acknowledged only after the receipt is in Postgres (matched, or kept in pending_receipts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from smpplib import consts
+
+from gateway.config import SendingConfig, SmppConfig
+from gateway.domain import MessageStatus
+from gateway.masking import mask_msisdn
+from gateway.smpp.client import Ambiguous, EsmeClient, NotSent, SubmitResult
+from gateway.smpp.codec import Pdu, status_name
+from gateway.smpp.encoding import encode_message
+from gateway.smpp.receipts import id_candidates, message_status_for, parse_receipt
+from gateway.store.messages import MessageRecord, MessageStore, ReceiptUpdate
+from gateway.store.messages import SubmitResult as LedgerResult
+
+log = logging.getLogger("smsgw.sender")
+
+#: SMPP statuses worth another try on the same link (everything else rejects the message).
+TRANSIENT_STATUSES = frozenset({
+    consts.SMPP_ESME_RTHROTTLED, consts.SMPP_ESME_RMSGQFUL, consts.SMPP_ESME_RSYSERR,
+    consts.SMPP_ESME_RSUBMITFAIL, consts.SMPP_ESME_RX_T_APPN, consts.SMPP_ESME_RUNKNOWNERR,
+})
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    kind: str  # "result" or "receipt"
+    payload: Any
+    done: asyncio.Future[Any]
+
+
+class LedgerWriter:
+    """Single writer task that batches submit results and receipts into Postgres."""
+
+    def __init__(self, store: MessageStore, *, max_batch: int = 500,
+                 linger_s: float = 0.005) -> None:
+        self._store = store
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._max_batch = max_batch
+        self._linger = linger_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            while not self._queue.empty():
+                await asyncio.sleep(0.01)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def record(self, result: LedgerResult) -> None:
+        await self._put("result", result)
+
+    async def receipt(self, update: ReceiptUpdate) -> None:
+        await self._put("receipt", update)
+
+    async def _put(self, kind: str, payload: Any) -> None:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(kind, payload, fut))
+        await fut
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            if self._linger:
+                await asyncio.sleep(self._linger)
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._flush(batch)
+
+    async def _flush(self, batch: list[_Job]) -> None:
+        results = [j.payload for j in batch if j.kind == "result"]
+        receipts = [j.payload for j in batch if j.kind == "receipt"]
+        delay = 0.2
+        while True:
+            try:
+                if results:
+                    await self._store.record_submit_results(results)
+                if receipts:
+                    await self._store.apply_receipts(receipts)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Postgres down: keep the batch and retry, never drop it
+                log.error("ledger write of %d results / %d receipts failed (%s); retrying in "
+                          "%.1fs", len(results), len(receipts), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+        for j in batch:
+            if not j.done.done():
+                j.done.set_result(None)
+
+
+class Sender:
+    """Claims messages, submits their parts, records outcomes; handles receipts."""
+
+    def __init__(self, *, store: MessageStore, client: EsmeClient, ledger: LedgerWriter,
+                 smpp: SmppConfig, sending: SendingConfig) -> None:
+        self._store = store
+        self._client = client
+        self._ledger = ledger
+        self._smpp = smpp
+        self._sending = sending
+        self._ref = random.randrange(256)
+        self.submitted_parts = 0
+
+    # -- sending ---------------------------------------------------------------------------
+    async def send_ids(self, ids: Sequence[UUID]) -> int:
+        """Send the given messages if still queued; returns how many were claimed."""
+        claimed = await self._store.claim(ids)
+        if claimed:
+            await asyncio.gather(*(self._send_message(rec) for rec in claimed))
+        return len(claimed)
+
+    def _next_ref(self) -> int:
+        self._ref = (self._ref + 1) % 256
+        return self._ref
+
+    def _params(self, rec: MessageRecord, part: bytes, data_coding: int,
+                esm_class: int) -> dict[str, Any]:
+        cfg = self._smpp
+        numeric = rec.sender.isdigit()
+        return {
+            "source_addr": rec.sender,
+            "source_addr_ton": 1 if numeric and len(rec.sender) > 8 else (
+                3 if numeric else cfg.source_ton),
+            "source_addr_npi": 1 if numeric else cfg.source_npi,
+            "destination_addr": rec.msisdn,
+            "dest_addr_ton": cfg.dest_ton,
+            "dest_addr_npi": cfg.dest_npi,
+            "esm_class": esm_class,
+            "registered_delivery": cfg.registered_delivery,
+            "data_coding": data_coding,
+            "short_message": part,
+        }
+
+    async def _send_message(self, rec: MessageRecord) -> None:
+        # The body was stored in its final form (không dấu already applied at intake).
+        enc = encode_message(rec.body, ref=self._next_ref())
+        outcomes = await asyncio.gather(
+            *(self._send_part(rec, self._params(rec, p, enc.data_coding, enc.esm_class))
+              for p in enc.parts))
+        errors = [o for o in outcomes if isinstance(o, str)]
+        if not errors:
+            ids = tuple(o.message_id for o in outcomes if isinstance(o, SubmitResult))
+            result = LedgerResult(message_id=rec.id, status=MessageStatus.SUBMITTED,
+                                  part_ids=tuple(id_candidates(i)[0] for i in ids))
+        else:
+            status, error = self._classify_failure(errors)
+            result = LedgerResult(message_id=rec.id, status=status, error=error)
+            log.info("message %s to %s: %s (%s)", rec.id, mask_msisdn(rec.msisdn),
+                     status.value, error)
+        await self._ledger.record(result)
+
+    @staticmethod
+    def _classify_failure(errors: list[str]) -> tuple[MessageStatus, str]:
+        first = errors[0]
+        if first.startswith("requeue:"):
+            return MessageStatus.QUEUED, first.removeprefix("requeue:")
+        if first.startswith("failed:"):
+            return MessageStatus.FAILED, first.removeprefix("failed:")
+        return MessageStatus.REJECTED, first
+
+    async def _send_part(self, rec: MessageRecord, params: dict[str, Any]) -> SubmitResult | str:
+        """Submit one part, retrying what is safe to retry; a str outcome is an error."""
+        deadline = time.monotonic() + self._sending.stale_submitting_s / 2
+        attempt = 0
+        delay = 0.1
+        while True:
+            attempt += 1
+            try:
+                res = await self._client.submit(params)
+            except NotSent as exc:
+                if time.monotonic() > deadline:
+                    return f"requeue:not sent: {exc}"
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            except Ambiguous as exc:
+                if self._sending.ambiguous_policy == "fail":
+                    return f"failed:ambiguous (policy fail): {exc}"
+                log.warning("message %s: %s; resending (ambiguous_policy=resend)", rec.id, exc)
+                if time.monotonic() > deadline:
+                    return f"requeue:ambiguous: {exc}"
+                continue
+            if res.ok:
+                self.submitted_parts += 1
+                return res
+            name = status_name(res.status)
+            if res.status in TRANSIENT_STATUSES and attempt < self._sending.max_attempts * 4 \
+                    and time.monotonic() < deadline:
+                await asyncio.sleep(delay if res.status not in (
+                    consts.SMPP_ESME_RTHROTTLED, consts.SMPP_ESME_RMSGQFUL) else 0)
+                delay = min(2.0, delay * 2)
+                continue
+            if res.status in TRANSIENT_STATUSES:
+                return f"requeue:{name} after {attempt} attempts"
+            return f"{name} (0x{res.status:08X})"
+
+    # -- receiving -------------------------------------------------------------------------
+    async def on_deliver(self, pdu: Pdu) -> int:
+        """deliver_sm handler: receipts into the ledger; MO logged (keywords come later)."""
+        esm = int(pdu.get("esm_class", 0) or 0)
+        is_receipt = bool(esm & 0x04) or pdu.get("receipted_message_id") is not None
+        if not is_receipt:
+            log.info("MO from %s (%d octets) acknowledged", mask_msisdn(pdu.text("source_addr")),
+                     len(pdu.get("short_message") or b""))
+            return consts.SMPP_ESME_ROK
+        sm = pdu.get("short_message") or pdu.get("message_payload") or b""
+        receipt = parse_receipt(sm, receipted_message_id=pdu.get("receipted_message_id"),
+                                message_state=pdu.get("message_state"))
+        if receipt is None:
+            log.warning("unparseable receipt from SMSC (%d octets); acknowledged", len(sm))
+            return consts.SMPP_ESME_ROK
+        status = message_status_for(receipt.state)
+        if status is None:  # ENROUTE / ACCEPTD: intermediate, nothing to record
+            return consts.SMPP_ESME_ROK
+        await self._ledger.receipt(ReceiptUpdate(
+            candidates=id_candidates(receipt.message_id), status=status,
+            stat=receipt.state.value, err=receipt.error,
+            raw=sm.decode("latin-1") if isinstance(sm, bytes) else str(sm)))
+        return consts.SMPP_ESME_ROK

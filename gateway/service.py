@@ -1,0 +1,197 @@
+"""``smsgw serve`` in one asyncio process: HTTP API, SMPP binds, arq worker, sweeper.
+
+:class:`Gateway` has an aiosmtpd-style ``start()``/``stop()`` so tests and the demo embed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from arq import Worker
+from arq.connections import ArqRedis
+
+from gateway import PROJECT_ROOT
+from gateway.config import Config
+from gateway.http.app import create_app
+from gateway.intake import Intake
+from gateway.queue import JobQueue, connect
+from gateway.sender import LedgerWriter, Sender
+from gateway.smpp.client import EsmeClient
+from gateway.store.apikeys import ApiKeyStore
+from gateway.store.messages import MessageStore
+from gateway.templating import TemplateRenderer
+from jobs.worker import build_worker
+
+log = logging.getLogger("smsgw.service")
+
+
+class DependencyDown(Exception):
+    """Postgres or Redis cannot be reached; the message says which URL and what to do."""
+
+
+def _safe_url(dsn: str) -> str:
+    """Hide a password in a DSN before printing it."""
+    if "@" not in dsn or "://" not in dsn:
+        return dsn
+    scheme, rest = dsn.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
+
+
+async def open_postgres(cfg: Config) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(cfg.database.dsn, min_size=cfg.database.min_connections,
+                                         max_size=cfg.database.max_connections, timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise DependencyDown(
+            f"Postgres unreachable at {_safe_url(cfg.database.dsn)} ({exc}); start it or set "
+            "SMSGW_DATABASE_DSN / [database] dsn") from exc
+    assert pool is not None
+    return pool
+
+
+async def open_redis(cfg: Config) -> ArqRedis:
+    try:
+        redis = await connect(cfg.redis)
+        await redis.ping()
+    except Exception as exc:
+        raise DependencyDown(
+            f"Redis unreachable at {_safe_url(cfg.redis.dsn)} ({exc}); start it or set "
+            "SMSGW_REDIS_DSN / [redis] dsn") from exc
+    return redis
+
+
+class Gateway:
+    """Every part of the running gateway, wired once from :class:`Config`."""
+
+    def __init__(self, config: Config, *, http: bool = True) -> None:
+        self.config = config
+        self._http_enabled = http
+        self.pool: asyncpg.Pool | None = None
+        self.redis: ArqRedis | None = None
+        self.store: MessageStore | None = None
+        self.client: EsmeClient | None = None
+        self.sender: Sender | None = None
+        self.ledger: LedgerWriter | None = None
+        self.intake: Intake | None = None
+        self.queue: JobQueue | None = None
+        self._worker: Worker | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+        self._sweeper_task: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.pool = await open_postgres(cfg)
+        self.redis = await open_redis(cfg)
+        self.store = MessageStore(self.pool)
+        self.queue = JobQueue(self.redis, cfg.redis)
+        self.ledger = LedgerWriter(self.store)
+        self.ledger.start()
+        self.client = EsmeClient(cfg.smpp, on_deliver=self._on_deliver)
+        self.sender = Sender(store=self.store, client=self.client, ledger=self.ledger,
+                             smpp=cfg.smpp, sending=cfg.sending)
+        self.client.start()
+        renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms")
+        self.intake = Intake(store=self.store, queue=self.queue, renderer=renderer,
+                             sending=cfg.sending)
+        self._worker = build_worker(redis=self.redis, redis_cfg=cfg.redis, sending=cfg.sending,
+                                    ctx={"sender": self.sender})
+        self._worker_task = asyncio.create_task(self._worker.async_run(), name="arq-worker")
+        self._sweeper_task = asyncio.create_task(self._sweep_forever(), name="sweeper")
+        if self._http_enabled:
+            app = create_app(intake=self.intake, store=self.store,
+                             apikeys=ApiKeyStore(self.pool), health=self.health,
+                             max_body_bytes=cfg.http.max_body_bytes)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port)
+            await site.start()
+            server = site._server
+            if server is not None and getattr(server, "sockets", None):
+                self.http_port = server.sockets[0].getsockname()[1]
+            log.info("HTTP API on http://%s:%s", cfg.http.host, self.http_port)
+
+    async def _on_deliver(self, pdu: Any) -> int:
+        assert self.sender is not None
+        return await self.sender.on_deliver(pdu)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop intake, let the window drain, unbind, close everything."""
+        deadline = time.monotonic() + timeout
+        if self._runner is not None:
+            await self._runner.cleanup()  # stop intake first
+        if self._sweeper_task is not None:
+            self._sweeper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper_task
+        if self._worker_task is not None:
+            self._worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._worker_task
+        if self._worker is not None:
+            tasks = [t for t in self._worker.tasks.values() if not t.done()]
+            if tasks:
+                await asyncio.wait(tasks, timeout=max(0.5, deadline - time.monotonic() - 2))
+        if self.client is not None:
+            await self.client.stop(timeout=max(1.0, deadline - time.monotonic() - 1))
+        if self.ledger is not None:
+            await self.ledger.stop()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.close(close_connection_pool=True)
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def health(self) -> dict[str, Any]:
+        pg = rd = False
+        with contextlib.suppress(Exception):
+            assert self.store is not None
+            await asyncio.wait_for(self.store.ping(), 2)
+            pg = True
+        with contextlib.suppress(Exception):
+            assert self.queue is not None
+            await asyncio.wait_for(self.queue.ping(), 2)
+            rd = True
+        binds = self.client.status() if self.client else []
+        return {"smpp": {"bound": bool(self.client and self.client.bound), "binds": binds},
+                "postgres": pg, "redis": rd}
+
+    async def sweep_once(self) -> int:
+        """Re-enqueue stale queued rows; settle stale submitting rows by the ambiguous policy."""
+        assert self.store is not None and self.queue is not None
+        s = self.config.sending
+        queued, submitting = await self.store.stale(
+            queued_before_s=s.stale_queued_s, submitting_before_s=s.stale_submitting_s)
+        if submitting:
+            reason = ("ambiguous: submit may have reached the SMSC but no response was recorded "
+                      f"(ambiguous_policy={s.ambiguous_policy})")
+            if s.ambiguous_policy == "resend":
+                await self.store.release(submitting, reason)
+                queued = list(queued) + list(submitting)
+            else:
+                await self.store.fail_submitting(submitting, reason)
+        for i in range(0, len(queued), s.batch_size):
+            batch = queued[i:i + s.batch_size]
+            await self.queue.enqueue_send(batch, job_id=f"sweep:{batch[0]}:{int(time.time())}")
+        if queued:
+            log.info("sweeper re-enqueued %d stale message(s)", len(queued))
+        return len(queued)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sending.sweep_interval_s)
+            try:
+                await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sweeper pass failed: %s", exc)

@@ -1,0 +1,1 @@
+"""arq job functions and worker settings (thin: the work is in gateway.sender)."""

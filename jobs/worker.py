@@ -1,0 +1,31 @@
+"""Builds the arq worker that ``smsgw serve`` runs inside its own event loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq import Worker
+from arq.connections import ArqRedis
+
+from gateway.config import RedisConfig, SendingConfig
+from gateway.queue import deserialize, serialize
+from jobs.send import send_messages
+
+
+def build_worker(*, redis: ArqRedis, redis_cfg: RedisConfig, sending: SendingConfig,
+                 ctx: dict[str, Any]) -> Worker:
+    return Worker(
+        functions=[send_messages],
+        queue_name=redis_cfg.queue_name,
+        redis_pool=redis,
+        handle_signals=False,
+        max_jobs=sending.worker_max_jobs,
+        poll_delay=0.02,
+        job_timeout=max(300, int(sending.stale_submitting_s * 2)),
+        keep_result=60,
+        max_tries=50,
+        ctx=ctx,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        log_results=False,
+    )
