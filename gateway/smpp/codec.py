@@ -205,7 +205,22 @@ def _decode_submit(frame: bytes, name: str, cid: int, status: int, seq: int) -> 
     return Pdu(command=name, sequence=seq, status=status, params=params, command_id=cid)
 
 
+def _check_tlv_stream(frame: bytes, pos: int, name: str, seq: int) -> None:
+    """Every TLV header and value must fit inside the PDU (smpplib truncates silently)."""
+    end = len(frame)
+    while pos < end:
+        if end - pos < 4:
+            raise PduError(f"{name} has {end - pos} stray octet(s) after its last TLV",
+                           status=consts.SMPP_ESME_RINVOPTPARSTREAM, sequence=seq, fatal=False)
+        (tag, length) = struct.unpack_from(">HH", frame, pos)
+        pos += 4 + length
+        if pos > end:
+            raise PduError(f"TLV 0x{tag:04X} in {name} claims {length} octets past the PDU end",
+                           status=consts.SMPP_ESME_RINVPARLEN, sequence=seq, fatal=False)
+
+
 def _decode_tlvs(frame: bytes, pos: int, name: str, seq: int) -> dict[str, Any]:
+    _check_tlv_stream(frame, pos, name, seq)
     obj = smpp.make_pdu(name, client=_SINK, allow_unknown_opt_params=True)
     try:
         obj.parse_optional_params(frame[pos:])

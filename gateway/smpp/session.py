@@ -275,6 +275,17 @@ class Session:
 
     def send(self, event: Request | Reply, *, now: float = 0.0) -> bytes:
         """Bytes to write for ``event``; raises :class:`LocalProtocolError` if not allowed."""
+        if isinstance(event, Reply) and event.status != consts.SMPP_ESME_ROK:
+            # An error answer is allowed in any live state and changes nothing, except that
+            # refusing a bind we are processing returns the session to OPEN.
+            if self.state is State.CLOSED:
+                raise LocalProtocolError(f"cannot send {event.command} on a closed session")
+            data = codec.encode(event.command, sequence=event.sequence, status=event.status,
+                                **event.params)
+            if event.command.startswith("bind_") and self.state is State.BINDING:
+                self.state = State.OPEN
+            self.last_sent_at = now
+            return data
         nxt = self._transition("send", event.command)
         if isinstance(event, Request):
             seq = self.next_sequence()
@@ -283,10 +294,7 @@ class Session:
             if event.command == "submit_sm":
                 self.submits_outstanding += 1
         else:
-            data = codec.encode(event.command, sequence=event.sequence, status=event.status,
-                                **event.params)
-            if event.command.startswith("bind_") and event.status != consts.SMPP_ESME_ROK:
-                nxt = State.OPEN
+            data = codec.encode(event.command, sequence=event.sequence, **event.params)
         self.state = nxt
         self.last_sent_at = now
         return data
@@ -303,7 +311,7 @@ class Session:
     # -- receiving -------------------------------------------------------------------------
     def receive_data(self, data: bytes, *, now: float = 0.0) -> None:
         """Feed bytes read from the connection (b"" is not EOF here; call abandon())."""
-        if data:
+        if data and self.state is not State.CLOSED:
             self._buf += data
             self.last_received_at = now
 
@@ -324,8 +332,7 @@ class Session:
         except PduError as exc:
             self.state = State.CLOSED
             self._buf.clear()
-            return BadPdu(reason=exc.reason, fatal=True,
-                          reply=Reply(command="generic_nack", sequence=0, status=exc.status))
+            return BadPdu(reason=exc.reason, fatal=True, reply=None)
         if length is None or len(self._buf) < length:
             return NEED_DATA
         frame = bytes(self._buf[:length])
@@ -333,7 +340,10 @@ class Session:
         try:
             pdu = codec.decode(frame)
         except PduError as exc:
-            return BadPdu(reason=exc.reason, fatal=exc.fatal,
+            if exc.fatal:
+                self.state = State.CLOSED
+                return BadPdu(reason=exc.reason, fatal=True, reply=None)
+            return BadPdu(reason=exc.reason, fatal=False,
                           reply=Reply(command="generic_nack", sequence=exc.sequence,
                                       status=exc.status))
         return self._on_pdu(pdu)

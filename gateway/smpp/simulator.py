@@ -506,7 +506,8 @@ class SmscSimulator:
             log.info("%d receipt(s) unacknowledged on %r; queued for redelivery", len(lost),
                      conn)
             self._receipt_wakeup.set()
-        log.debug("connection %r closed", conn)
+        log.log(logging.INFO if conn.system_id else logging.DEBUG,
+                "connection #%d from %s closed", conn.id, conn.peer)
 
     async def _flush_dirty(self) -> None:
         if not self._dirty:

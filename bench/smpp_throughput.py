@@ -1,0 +1,148 @@
+"""SMPP throughput: submit_sm/s and submit latency at several windows, with/without receipts.
+
+The SMSC simulator runs in a separate process (``smsgw smsc-sim``); this process runs the
+gateway's ESME client (sans-IO session + asyncio transport). Prints a markdown table.
+
+    python3 bench/smpp_throughput.py [--count 20000] [--windows 1,10,50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+from smpplib import consts
+
+from gateway.config import SmppConfig
+from gateway.smpp.client import EsmeClient
+from gateway.smpp.codec import Pdu
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _start_simulator(port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "gateway", "smsc-sim", "--port", str(port),
+           "--receipt-delay", "0.05"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=None,
+                            env={**os.environ, "SMSGW_LOG_LEVEL": "WARNING"})
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the simulator did not start")
+
+
+@dataclasses.dataclass
+class Row:
+    window: int
+    receipts: bool
+    count: int
+    seconds: float
+    latencies: list[float]
+    receipts_seen: int
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+    def pct(self, q: float) -> float:
+        data = sorted(self.latencies)
+        return data[min(len(data) - 1, int(q * len(data)))] * 1000
+
+
+async def _run(port: int, window: int, receipts: bool, count: int) -> Row:
+    seen = 0
+
+    async def on_deliver(pdu: Pdu) -> int:
+        nonlocal seen
+        seen += 1
+        return int(consts.SMPP_ESME_ROK)
+
+    cfg = SmppConfig(port=port, window=window, registered_delivery=1 if receipts else 0,
+                     enquire_link_s=30, response_timeout_s=30)
+    client = EsmeClient(cfg, on_deliver=on_deliver)
+    client.start()
+    if not await client.wait_bound(10):
+        raise SystemExit("could not bind")
+    params = {"source_addr": "CSKH", "source_addr_ton": 5, "destination_addr": "84901234567",
+              "dest_addr_ton": 1, "dest_addr_npi": 1, "data_coding": 0,
+              "registered_delivery": 1 if receipts else 0,
+              "short_message": b"Quy khach vui long thanh toan cuoc thang 11/2026 truoc 05/12."}
+    latencies: list[float] = []
+    remaining = count
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            res = await client.submit(params)
+            if res.ok:
+                latencies.append(res.latency_s)
+            else:
+                remaining += 1
+                await asyncio.sleep(0.01)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(window)))
+    elapsed = time.perf_counter() - started
+    if receipts:
+        deadline = time.monotonic() + 10
+        while seen < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    await client.stop(5)
+    return Row(window, receipts, len(latencies), elapsed, latencies, seen)
+
+
+async def main_async(args: argparse.Namespace) -> list[Row]:
+    rows = []
+    for receipts in (False, True):
+        for window in args.windows:
+            port = _free_port()
+            proc = _start_simulator(port)
+            try:
+                count = min(args.count, 3000) if window == 1 else args.count
+                rows.append(await _run(port, window, receipts, count))
+            finally:
+                proc.terminate()
+                proc.wait(5)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--count", type=int, default=20000)
+    ap.add_argument("--windows", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[1, 10, 50])
+    args = ap.parse_args()
+    rows = asyncio.run(main_async(args))
+    print(f"SMPP throughput, {os.cpu_count()} CPU(s), simulator in a separate process")
+    print()
+    print("| window | receipts | submits | submit_sm/s | p50 ms | p99 ms | receipts seen |")
+    print("|---:|:---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r.window} | {'yes' if r.receipts else 'no'} | {r.count} | {r.rate:,.0f} | "
+              f"{r.pct(0.5):.2f} | {r.pct(0.99):.2f} | "
+              f"{r.receipts_seen if r.receipts else '-'} |")
+    if rows:
+        print()
+        print(f"median latency over all rows: "
+              f"{statistics.median(x for r in rows for x in r.latencies) * 1000:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Request parsing and response shapes of the HTTP API.
+
+No framework: plain functions that take decoded JSON and either return typed values or raise
+:class:`~gateway.intake.IntakeError` with the offending ``field`` and a ``reason`` a person can
+act on. Wrong JSON types are 400 (the client sent the wrong shape); well-typed but unacceptable
+values are 422 (the client sent the wrong content).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from aiohttp import web
+
+from gateway.domain import MessageClass
+from gateway.intake import IntakeError, SendRequest
+from gateway.masking import mask_msisdn
+from gateway.store.messages import MessageEvent, MessageRecord
+
+#: Fields accepted in ``POST /v1/messages``.
+SEND_FIELDS = (
+    "to", "text", "template", "data", "sender", "idempotency_key", "khong_dau", "class",
+)
+
+_JSON_TYPE_NAMES: dict[type, str] = {
+    dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+    int: "a number", float: "a number", type(None): "null",
+}
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages ("an array", "null")."""
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def error_body(reason: str, *, field: str | None = None,
+               request_id: str | None = None) -> dict[str, Any]:
+    """``{"error": {"field": ..., "reason": ..., "request_id": ...}}`` without empty keys."""
+    error: dict[str, Any] = {}
+    if field is not None:
+        error["field"] = field
+    error["reason"] = reason
+    if request_id is not None:
+        error["request_id"] = request_id
+    return {"error": error}
+
+
+def error_response(status: int, reason: str, *, field: str | None = None,
+                   request_id: str | None = None,
+                   headers: Mapping[str, str] | None = None) -> web.Response:
+    """A JSON error response; every 4xx/5xx of the API has this shape."""
+    return web.json_response(error_body(reason, field=field, request_id=request_id),
+                             status=status, headers=headers)
+
+
+# --- request parsing ------------------------------------------------------------------------
+
+
+def decode_json_object(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 IntakeError saying what is wrong with it."""
+    if not raw.strip():
+        raise IntakeError("body", "is empty; send a JSON object", status=400)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IntakeError("body", f"is not UTF-8 (invalid byte at offset {exc.start})",
+                          status=400) from exc
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IntakeError("body", f"is not valid JSON: {exc.msg} at line {exc.lineno} "
+                                  f"column {exc.colno}", status=400) from exc
+    if not isinstance(value, dict):
+        raise IntakeError("body", f"must be a JSON object, not {json_type(value)}", status=400)
+    return value
+
+
+def _optional_str(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise IntakeError(name, f"must be a string, not {json_type(value)}", status=400)
+
+
+def _required_str(body: Mapping[str, Any], name: str) -> str:
+    if name not in body:
+        raise IntakeError(name, "is required")
+    value = _optional_str(body, name)
+    if value is None:
+        raise IntakeError(name, "must be a string, not null", status=400)
+    return value
+
+
+def _data(body: Mapping[str, Any]) -> dict[str, Any]:
+    value = body.get("data")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise IntakeError("data", f"must be an object of template variables, not "
+                                  f"{json_type(value)}", status=400)
+    return value
+
+
+def _khong_dau(body: Mapping[str, Any]) -> bool:
+    value = body.get("khong_dau")
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise IntakeError("khong_dau", f"must be true or false, not {json_type(value)}",
+                          status=400)
+    return value
+
+
+def _message_class(body: Mapping[str, Any]) -> MessageClass | None:
+    value = _optional_str(body, "class")
+    if value is None:
+        return None
+    try:
+        return MessageClass(value)
+    except ValueError:
+        allowed = " or ".join(repr(c.value) for c in MessageClass)
+        raise IntakeError("class", f"must be {allowed}, not {value!r}") from None
+
+
+def _idempotency_key(body: Mapping[str, Any], header: str | None) -> str | None:
+    in_body = _optional_str(body, "idempotency_key")
+    if header is None:
+        return in_body
+    if in_body is not None and in_body != header:
+        raise IntakeError("idempotency_key", "differs from the Idempotency-Key header; "
+                                             "give one of them, or the same value in both")
+    return header
+
+
+def parse_send_request(body: Mapping[str, Any], *,
+                       idempotency_header: str | None = None) -> SendRequest:
+    """Check the shape of a ``POST /v1/messages`` body; the content is checked by Intake."""
+    unknown = sorted(set(body) - set(SEND_FIELDS))
+    if unknown:
+        names = ", ".join(repr(n) for n in unknown)
+        raise IntakeError(unknown[0], f"unknown field(s) {names}; the accepted fields are "
+                                      f"{', '.join(SEND_FIELDS)}")
+    text = _optional_str(body, "text")
+    template = _optional_str(body, "template")
+    data = _data(body)
+    if data and text is not None and template is None:
+        raise IntakeError("data", "is only used with 'template'; 'text' is sent as it is")
+    return SendRequest(
+        to=_required_str(body, "to"),
+        text=text,
+        template=template,
+        data=data,
+        sender=_optional_str(body, "sender"),
+        idempotency_key=_idempotency_key(body, idempotency_header),
+        khong_dau=_khong_dau(body),
+        message_class=_message_class(body),
+    )
+
+
+def parse_message_id(raw: str) -> UUID | None:
+    """A message id from the URL, or None when it cannot be one (the caller answers 404)."""
+    try:
+        return UUID(raw)
+    except ValueError:
+        return None
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def message_summary(record: MessageRecord, *, created: bool) -> dict[str, Any]:
+    """Body of ``POST /v1/messages``: the number is masked, the caller already knows it."""
+    return {
+        "id": str(record.id),
+        "status": record.status.value,
+        "encoding": record.encoding.value,
+        "segments": record.segments,
+        "to": mask_msisdn(record.msisdn),
+        "created": created,
+    }
+
+
+def message_detail(record: MessageRecord, events: list[MessageEvent]) -> dict[str, Any]:
+    """Body of ``GET /v1/messages/{id}``: the full record for its (authorised) owner."""
+    return {
+        "id": str(record.id),
+        "to": record.msisdn,
+        "sender": record.sender,
+        "status": record.status.value,
+        "encoding": record.encoding.value,
+        "segments": record.segments,
+        "class": record.message_class.value,
+        "attempts": record.attempts,
+        "smsc_message_id": record.smsc_message_id,
+        "created_at": _iso(record.created_at),
+        "updated_at": _iso(record.updated_at),
+        "submitted_at": _iso(record.submitted_at),
+        "done_at": _iso(record.done_at),
+        "last_error": record.last_error,
+        "events": [
+            {"at": _iso(e.at), "status": e.status.value, "detail": e.detail} for e in events
+        ],
+    }

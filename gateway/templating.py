@@ -1,0 +1,620 @@
+"""SMS templates: a sandboxed Jinja2 environment, SMS filters and render -> text + encoding.
+
+Layout of ``templates_sms/``: one ``NAME.j2`` per program (plain text, no HTML escaping) and a
+``NAME.toml`` beside it::
+
+    class = "care"              # or "advertising" (Decree 91/2020: needs [QC] + refusal text)
+    sender = "CSKH"             # default brandname, at most 11 characters
+    max_segments = 3            # a rendered sample over this is reported as a warning
+    description = "..."
+
+    [sample]                    # data used by `smsgw templates check` and the tests
+    full_name = "Nguyễn Thị Mai"
+
+Files whose name starts with ``_`` are partials (for ``{% include %}``), not programs.
+
+Rendering is strict: a variable the data does not provide raises :class:`TemplateError` naming
+it (never a blank in a message sent to thousands of subscribers), and so does a value that
+renders as ``None``. The sandbox refuses attribute walks (``__class__``, ``__globals__``...),
+drops the ``cycler``/``joiner``/``namespace``/``lipsum`` globals, bounds ``range`` (1,000 items
+per call, 10,000 per render) and bounds ``**`` and sequence repetition with ``*``. It does not
+bound rendering time in general: templates are written by the care team, not by subscribers.
+
+Compiled templates and metadata are cached for the life of the renderer (rendering a typical
+template costs tens of microseconds); call :meth:`TemplateRenderer.clear_cache` after editing
+files in a running process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import tomllib
+import traceback
+from collections import OrderedDict
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
+from jinja2.sandbox import SandboxedEnvironment
+
+from gateway import PROJECT_ROOT
+from gateway.domain import Encoding, MessageClass
+from gateway.masking import mask_msisdn
+from gateway.smpp.encoding import MAX_PARTS, analyse, normalise
+from gateway.smpp.encoding import khong_dau as strip_diacritics
+
+__all__ = [
+    "DEFAULT_TEMPLATES_DIR",
+    "Rendered",
+    "TemplateError",
+    "TemplateMeta",
+    "TemplateRenderer",
+    "filter_date",
+    "filter_first_name",
+    "filter_khong_dau",
+    "filter_mask",
+    "filter_number",
+    "filter_vnd",
+]
+
+logger = logging.getLogger("smsgw.templating")
+
+DEFAULT_TEMPLATES_DIR = PROJECT_ROOT / "templates_sms"
+
+MAX_RANGE_ITEMS = 1_000  # per range() call
+MAX_RANGE_BUDGET = 10_000  # range() items per render, so nested loops stay bounded
+MAX_REPEAT_LEN = 10_000  # longest sequence "x" * n may build
+MAX_POWER_BITS = 1_024  # largest integer a ** b may build
+MAX_SOURCE_CACHE = 128  # compiled render_source() sources kept
+
+TEMPLATE_SUFFIX = ".j2"
+META_SUFFIX = ".toml"
+AD_LABELS = ("[QC]", "[AD]")
+
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_]*")
+_SENDER_RE = re.compile(r"[A-Za-z0-9_.\- ]{1,11}")
+_META_KEYS = frozenset({"class", "sender", "max_segments", "description", "sample"})
+_DIGITS_RE = re.compile(r"[+-]?\d+")
+_SPACES_RE = re.compile(r"[^\S\n]+")  # any whitespace but newline, incl. NBSP and friends
+_BLANK_LINES_RE = re.compile(r"\n{3,}")
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad"), None)
+_SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
+_REFUSAL_RE = re.compile(r"\btc\d*\b|\btu choi\b")
+_UNDEFINED_NAME_RE = re.compile(r"'([^']+)' is undefined")
+_UNDEFINED_ATTR_RE = re.compile(r".+ has no attribute '([^']+)'")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class TemplateError(Exception):
+    """A template cannot be found, loaded, compiled or rendered with the given data.
+
+    ``reason`` is phrased to follow the template name: ``str(err)`` is
+    ``"template 'bill_issued' needs variable 'amount'"``. ``line`` is the template line when
+    known.
+    """
+
+    def __init__(self, template: str | None, reason: str, line: int | None = None) -> None:
+        self.template = template
+        self.reason = reason
+        self.line = line
+        prefix = f"template {template!r}" if template is not None else "inline template"
+        super().__init__(f"{prefix} {reason}")
+
+    def __reduce__(self) -> tuple[type[TemplateError], tuple[str | None, str, int | None]]:
+        return (type(self), (self.template, self.reason, self.line))
+
+
+class _NoneValue(Exception):
+    """Raised by ``finalize`` when an expression renders as ``None``."""
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def _to_integer_amount(value: object, what: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{what}: a boolean is not an amount")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{what}: {value!r} is not an amount")
+        value = Decimal(repr(value))
+    if isinstance(value, str):
+        text = value.strip()
+        if not _DIGITS_RE.fullmatch(text):
+            raise ValueError(f"{what}: {value[:30]!r} is not a whole number of digits")
+        return int(text)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{what}: {value!r} is not an amount")
+        try:
+            return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        except InvalidOperation as exc:
+            raise ValueError(f"{what}: {value!r} is too large") from exc
+    raise TypeError(f"{what}: expects a number, got {type(value).__name__}")
+
+
+def _group_thousands(amount: int) -> str:
+    sign = "-" if amount < 0 else ""
+    return sign + f"{abs(amount):,}".replace(",", ".")
+
+
+def filter_vnd(value: object) -> str:
+    """Amount in đồng, Vietnamese grouping: ``1250000`` -> ``"1.250.000đ"``, ``-5000`` -> ``"-5.000đ"``.
+
+    Accepts int, float and Decimal (rounded half up to whole đồng) and strings of digits.
+    """
+    return _group_thousands(_to_integer_amount(value, "vnd")) + "đ"
+
+
+def filter_number(value: object) -> str:
+    """Whole number with dots between thousands (points, minutes...): ``12500`` -> ``"12.500"``."""
+    return _group_thousands(_to_integer_amount(value, "number"))
+
+
+def _to_date(value: object) -> date:
+    if isinstance(value, date):  # datetime is a date too
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if len(text) == 10:
+                return date.fromisoformat(text)
+            return datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise ValueError(f"date: {value[:40]!r} is not an ISO date or date-time") from exc
+    raise TypeError(f"date: expects a date, datetime or ISO string, got {type(value).__name__}")
+
+
+def filter_date(value: object, fmt: str | None = None) -> str:
+    """``dd/mm/yyyy`` (``"2026-12-05"`` -> ``"05/12/2026"``), or ``strftime(fmt)`` when given.
+
+    A datetime keeps its own time zone (no conversion): pass local (UTC+7) times.
+    """
+    when = _to_date(value)
+    if fmt is None:
+        return f"{when.day:02d}/{when.month:02d}/{when.year:04d}"
+    return when.strftime(fmt)
+
+
+def filter_khong_dau(value: object) -> str:
+    """Vietnamese without diacritics: ``"Nguyễn Văn Đức"`` -> ``"Nguyen Van Duc"``."""
+    return strip_diacritics(normalise(str(value)))
+
+
+def filter_first_name(value: object) -> str:
+    """Given name of a Vietnamese full name (the last word): ``"Nguyễn Thị Mai"`` -> ``"Mai"``.
+
+    An all-upper or all-lower name is capitalised (``"NGUYỄN VĂN ĐỨC"`` -> ``"Đức"``).
+    """
+    words = normalise(str(value)).split()
+    if not words:
+        raise ValueError("first_name: the name is empty")
+    given = words[-1]
+    if given.isupper() or given.islower():
+        given = given.capitalize()
+    return given
+
+
+def filter_mask(value: object) -> str:
+    """Masked phone number: ``"84901234567"`` -> ``"84901***567"``."""
+    return mask_msisdn(str(value).strip().lstrip("+"))
+
+
+FILTERS: Mapping[str, Any] = MappingProxyType(
+    {
+        "vnd": filter_vnd,
+        "number": filter_number,
+        "date": filter_date,
+        "khong_dau": filter_khong_dau,
+        "first_name": filter_first_name,
+        "mask": filter_mask,
+    }
+)
+
+
+# --------------------------------------------------------------------------- sandbox
+
+_range_budget: ContextVar[int] = ContextVar("smsgw_template_range_budget", default=0)
+
+
+def _bounded_range(*args: int) -> range:
+    items = range(*args)
+    if len(items) > MAX_RANGE_ITEMS:
+        raise SecurityError(
+            f"range() of {len(items)} items is over the limit of {MAX_RANGE_ITEMS}"
+        )
+    left = _range_budget.get() - len(items)
+    if left < 0:
+        raise SecurityError(f"loops over more than {MAX_RANGE_BUDGET} range() items in total")
+    _range_budget.set(left)
+    return items
+
+
+def _finalize(value: Any) -> Any:
+    if value is None:
+        raise _NoneValue("an expression renders as None (missing data?)")
+    return value
+
+
+class _SmsSandbox(SandboxedEnvironment):
+    """Sandbox that also bounds ``**`` and sequence repetition (memory / CPU bombs)."""
+
+    intercepted_binops = frozenset({"**", "*"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            _check_power(left, right)
+        elif operator == "*":
+            _check_repeat(left, right)
+        return super().call_binop(context, operator, left, right)
+
+
+def _check_power(base: Any, exponent: Any) -> None:
+    if isinstance(base, int) and isinstance(exponent, int) and abs(base) > 1 and exponent > 0:
+        if base.bit_length() * exponent > MAX_POWER_BITS:
+            raise SecurityError(f"power with a result over {MAX_POWER_BITS} bits")
+
+
+def _check_repeat(left: Any, right: Any) -> None:
+    for seq, times in ((left, right), (right, left)):
+        if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int):
+            if len(seq) * times > MAX_REPEAT_LEN:
+                raise SecurityError(f"repetition building over {MAX_REPEAT_LEN} items")
+
+
+def _make_environment(templates_dir: Path, defaults: Mapping[str, Any]) -> _SmsSandbox:
+    env = _SmsSandbox(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+        finalize=_finalize,
+    )
+    for unsafe in ("cycler", "joiner", "namespace", "lipsum"):
+        env.globals.pop(unsafe, None)
+    env.globals["range"] = _bounded_range
+    env.globals.update(defaults)
+    env.filters.update(FILTERS)
+    return env
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateMeta:
+    name: str
+    message_class: MessageClass
+    sender: str  # default brandname
+    max_segments: int
+    description: str
+    sample: Mapping[str, Any]  # read-only
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    text: str  # NFC, stripped, runs of spaces collapsed, newlines kept
+    encoding: Encoding
+    segments: int
+    ucs2_chars: tuple[str, ...]  # characters that force UCS-2, first-appearance order
+    khong_dau: bool  # diacritics were stripped
+    warnings: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------- text checks
+
+
+def _tidy(text: str) -> str:
+    text = normalise(text).replace("\r\n", "\n").replace("\r", "\n").translate(_INVISIBLE)
+    lines = (_SPACES_RE.sub(" ", line).strip() for line in text.split("\n"))
+    return _BLANK_LINES_RE.sub("\n\n", "\n".join(lines)).strip()
+
+
+def _last_sentence(text: str) -> str:
+    pieces = [p for p in _SENTENCE_SPLIT_RE.split(text) if p.strip()]
+    return pieces[-1] if pieces else ""
+
+
+def _advertising_warnings(text: str) -> list[str]:
+    warnings: list[str] = []
+    if not text.startswith(AD_LABELS):
+        warnings.append("advertising must start with the label [QC]")
+    folded = strip_diacritics(_last_sentence(text)).lower()
+    if not _REFUSAL_RE.search(folded):
+        warnings.append(
+            "advertising must end with refusal instructions (e.g. 'Tu choi QC soan TC gui 1234')"
+        )
+    return warnings
+
+
+# --------------------------------------------------------------------------- error mapping
+
+
+def _template_line(exc: BaseException, filename: str | None) -> int | None:
+    """Line of the template frame nearest the error (Jinja rewrites tracebacks to them)."""
+    if filename is None:
+        return None
+    line: int | None = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == filename:
+            line = lineno
+    return line
+
+
+def _runtime_error(exc: Exception, name: str | None, filename: str | None) -> TemplateError:
+    line = _template_line(exc, filename)
+    at = f" at line {line}" if line is not None else ""
+    message = str(exc)
+    if isinstance(exc, SecurityError):
+        return TemplateError(name, f"was refused by the sandbox{at}: {message}", line)
+    if isinstance(exc, jinja2.UndefinedError):
+        found = _UNDEFINED_NAME_RE.fullmatch(message)
+        if found:
+            return TemplateError(name, f"needs variable {found.group(1)!r}", line)
+        found = _UNDEFINED_ATTR_RE.fullmatch(message)
+        if found:
+            return TemplateError(name, f"needs attribute {found.group(1)!r}{at}: {message}", line)
+        return TemplateError(name, f"uses an undefined value{at}: {message}", line)
+    if isinstance(exc, jinja2.TemplateNotFound):
+        return TemplateError(name, f"includes unknown template {exc.name!r}{at}", line)
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return _syntax_error(exc, name)
+    if isinstance(exc, _NoneValue):
+        return TemplateError(name, f"renders None{at} (missing data?)", line)
+    return TemplateError(name, f"failed{at}: {type(exc).__name__}: {message}", line)
+
+
+def _syntax_error(exc: jinja2.TemplateSyntaxError, name: str | None) -> TemplateError:
+    where = f" in {exc.name!r}" if exc.name and exc.name != _template_file(name) else ""
+    return TemplateError(
+        name, f"has a syntax error at line {exc.lineno}{where}: {exc.message}", exc.lineno
+    )
+
+
+def _template_file(name: str | None) -> str | None:
+    return None if name is None else name + TEMPLATE_SUFFIX
+
+
+# --------------------------------------------------------------------------- renderer
+
+
+class TemplateRenderer:
+    """Loads, checks and renders the SMS templates of one directory.
+
+    ``defaults`` are variables every template sees unless the data overrides them (e.g.
+    ``{"hotline": "18001090", "refusal": "Tu choi QC soan TC gui 1234"}``).
+    """
+
+    def __init__(
+        self,
+        templates_dir: Path = DEFAULT_TEMPLATES_DIR,
+        *,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._dir = Path(templates_dir)
+        self._env = _make_environment(self._dir, defaults or {})
+        self._lock = threading.Lock()
+        self._compiled: dict[str, jinja2.Template] = {}
+        self._metas: dict[str, TemplateMeta] = {}
+        self._sources: OrderedDict[str, jinja2.Template] = OrderedDict()
+
+    @property
+    def templates_dir(self) -> Path:
+        return self._dir
+
+    def clear_cache(self) -> None:
+        """Forget compiled templates and metadata (after editing files in a live process)."""
+        with self._lock:
+            self._compiled.clear()
+            self._metas.clear()
+            self._sources.clear()
+            if self._env.cache is not None:
+                self._env.cache.clear()
+
+    # ---- discovery
+
+    def names(self) -> list[str]:
+        """Program names (``NAME.j2`` files, partials starting with ``_`` excluded), sorted."""
+        if not self._dir.is_dir():
+            return []
+        return sorted(
+            path.name.removesuffix(TEMPLATE_SUFFIX)
+            for path in self._dir.iterdir()
+            if path.name.endswith(TEMPLATE_SUFFIX)
+            and _NAME_RE.fullmatch(path.name.removesuffix(TEMPLATE_SUFFIX))
+            and path.is_file()
+        )
+
+    def _require(self, name: str) -> None:
+        if _NAME_RE.fullmatch(name) and (self._dir / (name + TEMPLATE_SUFFIX)).is_file():
+            return
+        known = ", ".join(self.names()) or "none"
+        raise TemplateError(name, f"is unknown; known templates: {known}")
+
+    def meta(self, name: str) -> TemplateMeta:
+        cached = self._metas.get(name)
+        if cached is not None:
+            return cached
+        self._require(name)
+        meta = self._load_meta(name)
+        with self._lock:
+            self._metas[name] = meta
+        return meta
+
+    def _load_meta(self, name: str) -> TemplateMeta:
+        path = self._dir / (name + META_SUFFIX)
+        try:
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise TemplateError(name, f"has no metadata file {path.name}") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise TemplateError(name, f"has an unreadable {path.name}: {exc}") from exc
+        return _parse_meta(name, path.name, raw)
+
+    def _template(self, name: str) -> jinja2.Template:
+        cached = self._compiled.get(name)
+        if cached is not None:
+            return cached
+        self._require(name)
+        try:
+            compiled = self._env.get_template(name + TEMPLATE_SUFFIX)
+        except jinja2.TemplateSyntaxError as exc:
+            raise _syntax_error(exc, name) from None
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(name, f"includes unknown template {exc.name!r}") from None
+        logger.debug("compiled template %s", name)
+        with self._lock:
+            self._compiled[name] = compiled
+        return compiled
+
+    def _source_template(self, source: str) -> jinja2.Template:
+        with self._lock:
+            cached = self._sources.get(source)
+            if cached is not None:
+                self._sources.move_to_end(source)
+                return cached
+        try:
+            compiled = self._env.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise _syntax_error(exc, None) from None
+        with self._lock:
+            self._sources[source] = compiled
+            while len(self._sources) > MAX_SOURCE_CACHE:
+                self._sources.popitem(last=False)
+        return compiled
+
+    # ---- rendering
+
+    def render(
+        self, name: str, data: Mapping[str, Any], *, khong_dau: bool = False
+    ) -> Rendered:
+        """Render program ``name`` with ``data``; warnings list compliance / length issues."""
+        meta = self.meta(name)
+        raw = _run(self._template(name), name, data)
+        return _finish(raw, meta.message_class, meta.max_segments, khong_dau=khong_dau)
+
+    def render_source(
+        self,
+        source: str,
+        data: Mapping[str, Any],
+        *,
+        khong_dau: bool = False,
+        message_class: MessageClass = MessageClass.CARE,
+        max_segments: int | None = None,
+    ) -> Rendered:
+        """Render raw template text (previews, ad-hoc scripts) in the same sandbox."""
+        raw = _run(self._source_template(source), None, data)
+        return _finish(raw, message_class, max_segments, khong_dau=khong_dau)
+
+    def check_all(self) -> list[tuple[str, Rendered | TemplateError]]:
+        """Render every program with its sample data (``smsgw templates check``)."""
+        results: list[tuple[str, Rendered | TemplateError]] = []
+        for name in self.names():
+            outcome: Rendered | TemplateError
+            try:
+                outcome = self.render(name, self.meta(name).sample)
+            except TemplateError as exc:
+                logger.warning("template check failed: %s", exc)
+                outcome = exc
+            else:
+                for warning in outcome.warnings:
+                    logger.warning("template %s: %s", name, warning)
+            results.append((name, outcome))
+        return results
+
+
+def _parse_meta(name: str, filename: str, raw: Mapping[str, Any]) -> TemplateMeta:
+    def bad(problem: str) -> TemplateError:
+        return TemplateError(name, f"has a bad {filename}: {problem}")
+
+    unknown = sorted(set(raw) - _META_KEYS)
+    if unknown:
+        raise bad(f"unknown keys {', '.join(unknown)}")
+    try:
+        message_class = MessageClass(raw.get("class"))
+    except ValueError:
+        allowed = ", ".join(repr(str(c)) for c in MessageClass)
+        raise bad(f"class must be one of {allowed}") from None
+    sender = raw.get("sender")
+    if not isinstance(sender, str) or not _SENDER_RE.fullmatch(sender):
+        raise bad("sender must be 1-11 of A-Z a-z 0-9 - _ . and space")
+    max_segments = raw.get("max_segments")
+    if (
+        not isinstance(max_segments, int)
+        or isinstance(max_segments, bool)
+        or not 1 <= max_segments <= MAX_PARTS
+    ):
+        raise bad(f"max_segments must be an integer from 1 to {MAX_PARTS}")
+    description = raw.get("description")
+    if not isinstance(description, str) or not description.strip():
+        raise bad("description must be a non-empty string")
+    sample = raw.get("sample", {})
+    if not isinstance(sample, dict):
+        raise bad("[sample] must be a table")
+    return TemplateMeta(
+        name=name,
+        message_class=message_class,
+        sender=sender,
+        max_segments=max_segments,
+        description=description.strip(),
+        sample=MappingProxyType(dict(sample)),
+    )
+
+
+def _run(template: jinja2.Template, name: str | None, data: Mapping[str, Any]) -> str:
+    token = _range_budget.set(MAX_RANGE_BUDGET)
+    try:
+        return template.render(data)
+    except Exception as exc:
+        raise _runtime_error(exc, name, template.filename or "<template>") from exc
+    finally:
+        _range_budget.reset(token)
+
+
+def _finish(
+    raw: str, message_class: MessageClass, max_segments: int | None, *, khong_dau: bool
+) -> Rendered:
+    text = _tidy(raw)
+    if khong_dau:
+        text = strip_diacritics(text)
+    info = analyse(text)
+    warnings: list[str] = []
+    if not text:
+        warnings.append("the message is empty")
+    if max_segments is not None and info.segments > max_segments:
+        warnings.append(
+            f"{info.segments} segments ({info.encoding}, {info.units} units) "
+            f"is over max_segments = {max_segments}"
+        )
+    if message_class is MessageClass.ADVERTISING:
+        warnings.extend(_advertising_warnings(text))
+    if khong_dau and info.encoding is Encoding.UCS2:
+        shown = "".join(info.ucs2_chars[:10])
+        warnings.append(f"still UCS-2 without diacritics because of {shown!r}")
+    return Rendered(
+        text=text,
+        encoding=info.encoding,
+        segments=info.segments,
+        ucs2_chars=info.ucs2_chars,
+        khong_dau=khong_dau,
+        warnings=tuple(warnings),
+    )
