@@ -73,6 +73,9 @@ class SmppConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendingConfig:
     default_sender: str = "CSKH"
+    hotline: str = "18001090"  # {{ hotline }} in every template
+    # {{ refusal }}: how to refuse advertising, ending every advertising template (Decree 91).
+    refusal: str = "Tu choi QC soan TC gui 1234"
     region: str = "VN"
     max_attempts: int = 5
     # What to do with a submit_sm that may have reached the SMSC but whose response was never
@@ -88,7 +91,8 @@ class SendingConfig:
     def __post_init__(self) -> None:
         if self.ambiguous_policy not in ("resend", "fail"):
             raise ConfigError(
-                f"sending.ambiguous_policy must be 'resend' or 'fail', not {self.ambiguous_policy!r}")
+                "sending.ambiguous_policy must be 'resend' or 'fail', "
+                f"not {self.ambiguous_policy!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -22,7 +22,7 @@ from gateway.service import DependencyDown, Gateway
 from gateway.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.store.apikeys import ApiKeyStore
 from gateway.store.migrate import ensure_database, migrate_dsn
-from gateway.templating import TemplateRenderer
+from gateway.templating import TemplateRenderer, template_defaults
 
 DEMO_SENDS: tuple[tuple[str, str], ...] = (
     ("0901234567", "birthday"),
@@ -97,7 +97,7 @@ async def run_demo(cfg: Config) -> int:
         if not await gw.client.wait_bound(10) if gw.client else True:
             print("the gateway could not bind to the simulator", flush=True)
             return 1
-        renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms")
+        renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms", defaults=template_defaults(cfg.sending))
         rows = await _send_all(f"http://127.0.0.1:{gw.http_port}", plaintext, renderer)
         _print_table(rows)
         print(f"simulator received {sim.parts_received} submit_sm part(s) for "

@@ -27,9 +27,19 @@ _MOBILE = (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE)
 # Mobile ranges allocated in Viet Nam (shared/docs/domain-vietnam.md). phonenumbers' metadata
 # misses a few (089x, 099x, 055x seen missing in 9.0), so these national prefixes are accepted
 # even when the library calls the number invalid. They say nothing about today's operator.
-VN_MOBILE_PREFIXES = frozenset(
-    "86 96 97 98 32 33 34 35 36 37 38 39 88 91 94 81 82 83 84 85 89 90 93 70 76 77 78 79 "
-    "92 56 58 59 99 87 55".split())
+VN_MOBILE_PREFIXES = frozenset({
+    "32", "33", "34", "35", "36", "37", "38", "39", "55", "56", "58", "59", "70", "76", "77",
+    "78", "79", "81", "82", "83", "84", "85", "86", "87", "88", "89", "90", "91", "92", "93",
+    "94", "96", "97", "98", "99",
+})
+
+
+def _check_length(num: phonenumbers.PhoneNumber, raw: str) -> None:
+    why = phonenumbers.is_possible_number_with_reason(num)
+    if why == ValidationResult.TOO_SHORT:
+        raise InvalidNumber(raw, "too short")
+    if why in (ValidationResult.TOO_LONG, ValidationResult.INVALID_LENGTH):
+        raise InvalidNumber(raw, "too long" if len(str(num.national_number)) > 9 else "too short")
 
 
 def normalise_msisdn(raw: str, *, region: str = "VN") -> str:
@@ -53,12 +63,7 @@ def normalise_msisdn(raw: str, *, region: str = "VN") -> str:
     digits = f"{num.country_code}{num.national_number}"
     if num.country_code != int(code):
         raise InvalidNumber(str(raw), f"foreign number (country code +{num.country_code})")
-    why = phonenumbers.is_possible_number_with_reason(num)
-    if why == ValidationResult.TOO_SHORT:
-        raise InvalidNumber(str(raw), "too short")
-    if why in (ValidationResult.TOO_LONG, ValidationResult.INVALID_LENGTH):
-        raise InvalidNumber(str(raw), "too long" if len(str(num.national_number)) > 9
-                            else "too short")
+    _check_length(num, str(raw))
     national = str(num.national_number)
     if region == "VN" and len(national) == 9 and national[:2] in VN_MOBILE_PREFIXES:
         return digits

@@ -35,6 +35,8 @@ from gateway.store.messages import SubmitResult as LedgerResult
 
 log = logging.getLogger("smsgw.sender")
 
+OK: int = consts.SMPP_ESME_ROK
+
 #: SMPP statuses worth another try on the same link (everything else rejects the message).
 TRANSIENT_STATUSES = frozenset({
     consts.SMPP_ESME_RTHROTTLED, consts.SMPP_ESME_RMSGQFUL, consts.SMPP_ESME_RSYSERR,
@@ -114,6 +116,12 @@ class LedgerWriter:
                 j.done.set_result(None)
 
 
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    result: SubmitResult
+    resent: bool  # accepted after an ambiguous first try: the SMSC may hold two copies
+
+
 class Sender:
     """Claims messages, submits their parts, records outcomes; handles receipts."""
 
@@ -165,9 +173,14 @@ class Sender:
               for p in enc.parts))
         errors = [o for o in outcomes if isinstance(o, str)]
         if not errors:
-            ids = tuple(o.message_id for o in outcomes if isinstance(o, SubmitResult))
+            accepted = [o for o in outcomes if isinstance(o, _Accepted)]
+            ids = tuple(o.result.message_id for o in accepted)
+            resent = sum(1 for o in accepted if o.resent)
+            note = (f"ambiguous: {resent} part(s) resent after a lost response "
+                    "(ambiguous_policy=resend; the subscriber may receive them twice)"
+                    if resent else None)
             result = LedgerResult(message_id=rec.id, status=MessageStatus.SUBMITTED,
-                                  part_ids=tuple(id_candidates(i)[0] for i in ids))
+                                  part_ids=tuple(id_candidates(i)[0] for i in ids), error=note)
         else:
             status, error = self._classify_failure(errors)
             result = LedgerResult(message_id=rec.id, status=status, error=error)
@@ -184,10 +197,11 @@ class Sender:
             return MessageStatus.FAILED, first.removeprefix("failed:")
         return MessageStatus.REJECTED, first
 
-    async def _send_part(self, rec: MessageRecord, params: dict[str, Any]) -> SubmitResult | str:
+    async def _send_part(self, rec: MessageRecord, params: dict[str, Any]) -> _Accepted | str:
         """Submit one part, retrying what is safe to retry; a str outcome is an error."""
         deadline = time.monotonic() + self._sending.stale_submitting_s / 2
         attempt = 0
+        ambiguous = False
         delay = 0.1
         while True:
             attempt += 1
@@ -203,12 +217,13 @@ class Sender:
                 if self._sending.ambiguous_policy == "fail":
                     return f"failed:ambiguous (policy fail): {exc}"
                 log.warning("message %s: %s; resending (ambiguous_policy=resend)", rec.id, exc)
+                ambiguous = True
                 if time.monotonic() > deadline:
                     return f"requeue:ambiguous: {exc}"
                 continue
             if res.ok:
                 self.submitted_parts += 1
-                return res
+                return _Accepted(res, ambiguous)
             name = status_name(res.status)
             if res.status in TRANSIENT_STATUSES and attempt < self._sending.max_attempts * 4 \
                     and time.monotonic() < deadline:
@@ -228,18 +243,18 @@ class Sender:
         if not is_receipt:
             log.info("MO from %s (%d octets) acknowledged", mask_msisdn(pdu.text("source_addr")),
                      len(pdu.get("short_message") or b""))
-            return consts.SMPP_ESME_ROK
+            return OK
         sm = pdu.get("short_message") or pdu.get("message_payload") or b""
         receipt = parse_receipt(sm, receipted_message_id=pdu.get("receipted_message_id"),
                                 message_state=pdu.get("message_state"))
         if receipt is None:
             log.warning("unparseable receipt from SMSC (%d octets); acknowledged", len(sm))
-            return consts.SMPP_ESME_ROK
+            return OK
         status = message_status_for(receipt.state)
         if status is None:  # ENROUTE / ACCEPTD: intermediate, nothing to record
-            return consts.SMPP_ESME_ROK
+            return OK
         await self._ledger.receipt(ReceiptUpdate(
             candidates=id_candidates(receipt.message_id), status=status,
             stat=receipt.state.value, err=receipt.error,
             raw=sm.decode("latin-1") if isinstance(sm, bytes) else str(sm)))
-        return consts.SMPP_ESME_ROK
+        return OK

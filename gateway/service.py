@@ -25,7 +25,7 @@ from gateway.sender import LedgerWriter, Sender
 from gateway.smpp.client import EsmeClient
 from gateway.store.apikeys import ApiKeyStore
 from gateway.store.messages import MessageStore
-from gateway.templating import TemplateRenderer
+from gateway.templating import TemplateRenderer, template_defaults
 from jobs.worker import build_worker
 
 log = logging.getLogger("smsgw.service")
@@ -100,7 +100,7 @@ class Gateway:
         self.sender = Sender(store=self.store, client=self.client, ledger=self.ledger,
                              smpp=cfg.smpp, sending=cfg.sending)
         self.client.start()
-        renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms")
+        renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms", defaults=template_defaults(cfg.sending))
         self.intake = Intake(store=self.store, queue=self.queue, renderer=renderer,
                              sending=cfg.sending)
         self._worker = build_worker(redis=self.redis, redis_cfg=cfg.redis, sending=cfg.sending,
@@ -115,9 +115,8 @@ class Gateway:
             await self._runner.setup()
             site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port)
             await site.start()
-            server = site._server
-            if server is not None and getattr(server, "sockets", None):
-                self.http_port = server.sockets[0].getsockname()[1]
+            sockets = getattr(site._server, "sockets", None) or []
+            self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port
             log.info("HTTP API on http://%s:%s", cfg.http.host, self.http_port)
 
     async def _on_deliver(self, pdu: Any) -> int:
@@ -147,7 +146,7 @@ class Gateway:
             await self.ledger.stop()
         if self.redis is not None:
             with contextlib.suppress(Exception):
-                await self.redis.close(close_connection_pool=True)
+                await self.redis.aclose(close_connection_pool=True)
         if self.pool is not None:
             await self.pool.close()
 

@@ -49,6 +49,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from gateway import PROJECT_ROOT
+from gateway.config import SendingConfig
 from gateway.domain import Encoding, MessageClass
 from gateway.masking import mask_msisdn
 from gateway.smpp.encoding import MAX_PARTS, analyse, normalise
@@ -86,9 +87,8 @@ _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_]*")
 _SENDER_RE = re.compile(r"[A-Za-z0-9_.\- ]{1,11}")
 _META_KEYS = frozenset({"class", "sender", "max_segments", "description", "sample"})
 _DIGITS_RE = re.compile(r"[+-]?\d+")
-_SPACES_RE = re.compile(r"[^\S\n]+")  # any whitespace but newline, incl. NBSP and friends
 _BLANK_LINES_RE = re.compile(r"\n{3,}")
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad"), None)
+_INVISIBLE_RE = re.compile("[\u200b\u2060\ufeff\u00ad]")  # zero-width / soft hyphen
 _SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
 _REFUSAL_RE = re.compile(r"\btc\d*\b|\btu choi\b")
 _UNDEFINED_NAME_RE = re.compile(r"'([^']+)' is undefined")
@@ -124,7 +124,15 @@ class _NoneValue(Exception):
 # --------------------------------------------------------------------------- filters
 
 
+def _require_defined(value: object) -> None:
+    """Filters get Undefined objects as arguments: make them fail with the variable's name."""
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises UndefinedError("'amount' is undefined")
+        raise jinja2.UndefinedError("a filter got an undefined value")
+
+
 def _to_integer_amount(value: object, what: str) -> int:
+    _require_defined(value)
     if isinstance(value, bool):
         raise TypeError(f"{what}: a boolean is not an amount")
     if isinstance(value, int):
@@ -154,9 +162,10 @@ def _group_thousands(amount: int) -> str:
 
 
 def filter_vnd(value: object) -> str:
-    """Amount in đồng, Vietnamese grouping: ``1250000`` -> ``"1.250.000đ"``, ``-5000`` -> ``"-5.000đ"``.
+    """Amount in đồng with Vietnamese grouping: ``1250000`` -> ``"1.250.000đ"``.
 
-    Accepts int, float and Decimal (rounded half up to whole đồng) and strings of digits.
+    Negative amounts get a leading ``-``. Accepts int, float and Decimal (rounded half up to
+    whole đồng) and strings of digits.
     """
     return _group_thousands(_to_integer_amount(value, "vnd")) + "đ"
 
@@ -167,6 +176,7 @@ def filter_number(value: object) -> str:
 
 
 def _to_date(value: object) -> date:
+    _require_defined(value)
     if isinstance(value, date):  # datetime is a date too
         return value
     if isinstance(value, str):
@@ -193,6 +203,7 @@ def filter_date(value: object, fmt: str | None = None) -> str:
 
 def filter_khong_dau(value: object) -> str:
     """Vietnamese without diacritics: ``"Nguyễn Văn Đức"`` -> ``"Nguyen Van Duc"``."""
+    _require_defined(value)
     return strip_diacritics(normalise(str(value)))
 
 
@@ -201,6 +212,7 @@ def filter_first_name(value: object) -> str:
 
     An all-upper or all-lower name is capitalised (``"NGUYỄN VĂN ĐỨC"`` -> ``"Đức"``).
     """
+    _require_defined(value)
     words = normalise(str(value)).split()
     if not words:
         raise ValueError("first_name: the name is empty")
@@ -212,6 +224,7 @@ def filter_first_name(value: object) -> str:
 
 def filter_mask(value: object) -> str:
     """Masked phone number: ``"84901234567"`` -> ``"84901***567"``."""
+    _require_defined(value)
     return mask_msisdn(str(value).strip().lstrip("+"))
 
 
@@ -235,9 +248,7 @@ _range_budget: ContextVar[int] = ContextVar("smsgw_template_range_budget", defau
 def _bounded_range(*args: int) -> range:
     items = range(*args)
     if len(items) > MAX_RANGE_ITEMS:
-        raise SecurityError(
-            f"range() of {len(items)} items is over the limit of {MAX_RANGE_ITEMS}"
-        )
+        raise SecurityError(f"range() of {len(items)} items is over the limit of {MAX_RANGE_ITEMS}")
     left = _range_budget.get() - len(items)
     if left < 0:
         raise SecurityError(f"loops over more than {MAX_RANGE_BUDGET} range() items in total")
@@ -265,16 +276,24 @@ class _SmsSandbox(SandboxedEnvironment):
 
 
 def _check_power(base: Any, exponent: Any) -> None:
-    if isinstance(base, int) and isinstance(exponent, int) and abs(base) > 1 and exponent > 0:
-        if base.bit_length() * exponent > MAX_POWER_BITS:
-            raise SecurityError(f"power with a result over {MAX_POWER_BITS} bits")
+    if (
+        isinstance(base, int)
+        and isinstance(exponent, int)
+        and exponent > 0
+        and base.bit_length() * exponent > MAX_POWER_BITS
+        and abs(base) > 1
+    ):
+        raise SecurityError(f"power with a result over {MAX_POWER_BITS} bits")
 
 
 def _check_repeat(left: Any, right: Any) -> None:
     for seq, times in ((left, right), (right, left)):
-        if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int):
-            if len(seq) * times > MAX_REPEAT_LEN:
-                raise SecurityError(f"repetition building over {MAX_REPEAT_LEN} items")
+        if (
+            isinstance(seq, str | bytes | list | tuple)
+            and isinstance(times, int)
+            and len(seq) * times > MAX_REPEAT_LEN
+        ):
+            raise SecurityError(f"repetition building over {MAX_REPEAT_LEN} items")
 
 
 def _make_environment(templates_dir: Path, defaults: Mapping[str, Any]) -> _SmsSandbox:
@@ -323,9 +342,15 @@ class Rendered:
 
 
 def _tidy(text: str) -> str:
-    text = normalise(text).replace("\r\n", "\n").replace("\r", "\n").translate(_INVISIBLE)
-    lines = (_SPACES_RE.sub(" ", line).strip() for line in text.split("\n"))
-    return _BLANK_LINES_RE.sub("\n\n", "\n".join(lines)).strip()
+    """NFC, no zero-width characters, each line's whitespace runs collapsed to one space and
+    trimmed, at most one blank line in a row, no leading/trailing blank."""
+    text = normalise(text).replace("\r\n", "\n").replace("\r", "\n")
+    if _INVISIBLE_RE.search(text):
+        text = _INVISIBLE_RE.sub("", text)
+    text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
+    if "\n\n\n" in text:
+        text = _BLANK_LINES_RE.sub("\n\n", text)
+    return text.strip()
 
 
 def _last_sentence(text: str) -> str:
@@ -504,9 +529,7 @@ class TemplateRenderer:
 
     # ---- rendering
 
-    def render(
-        self, name: str, data: Mapping[str, Any], *, khong_dau: bool = False
-    ) -> Rendered:
+    def render(self, name: str, data: Mapping[str, Any], *, khong_dau: bool = False) -> Rendered:
         """Render program ``name`` with ``data``; warnings list compliance / length issues."""
         meta = self.meta(name)
         raw = _run(self._template(name), name, data)
@@ -550,7 +573,7 @@ def _parse_meta(name: str, filename: str, raw: Mapping[str, Any]) -> TemplateMet
     if unknown:
         raise bad(f"unknown keys {', '.join(unknown)}")
     try:
-        message_class = MessageClass(raw.get("class"))
+        message_class = MessageClass(str(raw.get("class")))
     except ValueError:
         allowed = ", ".join(repr(str(c)) for c in MessageClass)
         raise bad(f"class must be one of {allowed}") from None
@@ -618,3 +641,8 @@ def _finish(
         khong_dau=khong_dau,
         warnings=tuple(warnings),
     )
+
+
+def template_defaults(sending: SendingConfig) -> dict[str, Any]:
+    """Variables every template sees unless the caller's data overrides them."""
+    return {"hotline": sending.hotline, "refusal": sending.refusal}

@@ -88,3 +88,18 @@ def redis_db() -> Iterator[int]:
 @pytest.fixture(scope="session")
 def redis_dsn(redis_db: int) -> str:
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}"
+
+
+@pytest.fixture
+async def fresh_pg_dsn() -> AsyncIterator[str]:
+    """A fresh migrated database for one test (for tests whose sweeper must see only its rows)."""
+    from gateway.store.migrate import migrate_dsn
+
+    name = f"smsgw_test_{uuid.uuid4().hex[:12]}"
+    await _create_db(name)
+    dsn = _dsn_for(name)
+    try:
+        await migrate_dsn(dsn, PROJECT_ROOT / "sql")
+        yield dsn
+    finally:
+        await _drop_db(name)

@@ -67,7 +67,7 @@ class SubmitResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == consts.SMPP_ESME_ROK
+        return self.status == int(consts.SMPP_ESME_ROK)
 
     @property
     def status_name(self) -> str:

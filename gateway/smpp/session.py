@@ -88,15 +88,15 @@ for _mode in BindMode:
     _allow(Role.SMSC, (State.OPEN,), "recv", (_cmd,), State.BINDING)
     _allow(Role.SMSC, (State.BINDING,), "send", (f"{_cmd}_resp",), _BOUND_BY_MODE[_mode])
 _allow(Role.ESME, _CAN_TX, "send", ("submit_sm", "data_sm", "query_sm"))
-_allow(Role.ESME, _CAN_TX + (State.UNBINDING,), "recv",
+_allow(Role.ESME, (*_CAN_TX, State.UNBINDING), "recv",
        ("submit_sm_resp", "data_sm_resp", "query_sm_resp"))
 _allow(Role.ESME, _CAN_RX, "recv", ("deliver_sm", "data_sm"))
-_allow(Role.ESME, _CAN_RX + (State.UNBINDING,), "send", ("deliver_sm_resp", "data_sm_resp"))
+_allow(Role.ESME, (*_CAN_RX, State.UNBINDING), "send", ("deliver_sm_resp", "data_sm_resp"))
 _allow(Role.SMSC, _CAN_TX, "recv", ("submit_sm", "data_sm", "query_sm"))
-_allow(Role.SMSC, _CAN_TX + (State.UNBINDING,), "send",
+_allow(Role.SMSC, (*_CAN_TX, State.UNBINDING), "send",
        ("submit_sm_resp", "data_sm_resp", "query_sm_resp"))
 _allow(Role.SMSC, _CAN_RX, "send", ("deliver_sm", "data_sm"))
-_allow(Role.SMSC, _CAN_RX + (State.UNBINDING,), "recv", ("deliver_sm_resp", "data_sm_resp"))
+_allow(Role.SMSC, (*_CAN_RX, State.UNBINDING), "recv", ("deliver_sm_resp", "data_sm_resp"))
 
 
 class LocalProtocolError(Exception):

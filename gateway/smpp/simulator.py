@@ -240,6 +240,8 @@ class SmscSimulator:
         self.receipts_acked = 0
         self.receipts_rejected = 0
         self.mo_acked = 0
+        self.enquire_links_received = 0  # probes from ESMEs that we answered
+        self.enquire_links_answered = 0  # our probes that ESMEs answered
 
         self._by_destination: dict[str, list[str]] = {}
         self._partial: dict[tuple[str, str, int], _Partial] = {}
@@ -539,6 +541,7 @@ class SmscSimulator:
             if command == "submit_sm":
                 self._on_submit(conn, event.pdu, now, delayed)
             elif command == "enquire_link":
+                self.enquire_links_received += 1
                 conn.pending.append(conn.session.send(
                     Reply(command="enquire_link_resp", sequence=event.sequence), now=now))
             elif command.startswith("bind_"):
@@ -611,6 +614,8 @@ class SmscSimulator:
                 log.debug("%r refused a receipt: %s", conn, codec.status_name(event.status))
         elif event.request == "unbind":
             conn.closing = True
+        elif event.request == "enquire_link" and event.ok:
+            self.enquire_links_answered += 1
 
     # -- submit_sm ---------------------------------------------------------------------------
     def _on_submit(self, conn: _Connection, pdu: codec.Pdu, now: float,

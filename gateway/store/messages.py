@@ -365,7 +365,8 @@ def _check_results(results: Sequence[SubmitResult]) -> None:
 
 def _result_detail(result: SubmitResult) -> str:
     if result.status is MessageStatus.SUBMITTED:
-        return "smsc ids: " + ",".join(result.part_ids)
+        ids = "smsc ids: " + ",".join(result.part_ids)
+        return f"{ids}; {result.error}" if result.error else ids
     return result.error or ""
 
 

@@ -1,0 +1,303 @@
+"""The spine end to end over real parts: HTTP → Postgres → arq (Redis) → SMPP over TCP to the
+simulator → delivery receipt → Postgres. Each test gets its own database and arq queue."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.config import (
+    Config,
+    DatabaseConfig,
+    HttpConfig,
+    RedisConfig,
+    SendingConfig,
+    SmppConfig,
+)
+from gateway.service import Gateway
+from gateway.smpp.encoding import normalise
+from gateway.smpp.simulator import SimulatorConfig, SmscSimulator
+from gateway.store.apikeys import ApiKeyStore
+
+TERMINAL = {"delivered", "undelivered", "expired", "rejected", "failed"}
+
+
+@dataclasses.dataclass
+class Stack:
+    gw: Gateway
+    sim: SmscSimulator
+    http: aiohttp.ClientSession
+    base: str
+
+    async def send(self, **body: Any) -> dict[str, Any]:
+        async with self.http.post(f"{self.base}/v1/messages", json=body) as resp:
+            data: dict[str, Any] = await resp.json()
+            assert resp.status in (200, 202), (resp.status, data)
+            return data
+
+    async def get(self, mid: str) -> dict[str, Any]:
+        async with self.http.get(f"{self.base}/v1/messages/{mid}") as resp:
+            assert resp.status == 200
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def wait_terminal(self, ids: list[str], timeout: float = 30) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        status: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            assert self.gw.store is not None
+            for mid in ids:
+                if status.get(mid) in TERMINAL:
+                    continue
+                rec = await self.gw.store.get(uuid.UUID(mid))
+                assert rec is not None
+                status[mid] = rec.status.value
+            if all(s in TERMINAL for s in status.values()) and len(status) == len(ids):
+                return status
+            await asyncio.sleep(0.05)
+        return status
+
+
+MakeStack = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+async def make_stack(fresh_pg_dsn: str, redis_dsn: str) -> AsyncIterator[MakeStack]:
+    made: list[tuple[Gateway, SmscSimulator, aiohttp.ClientSession]] = []
+
+    async def factory(sim: dict[str, Any] | None = None, smpp: dict[str, Any] | None = None,
+                      sending: dict[str, Any] | None = None) -> Stack:
+        simulator = SmscSimulator(SimulatorConfig(port=0, receipt_delay_s=0.05, **(sim or {})))
+        await simulator.start()
+        smpp_cfg = {"port": simulator.port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2,
+                    "response_timeout_s": 5.0, **(smpp or {})}
+        cfg = Config(
+            database=DatabaseConfig(dsn=fresh_pg_dsn),
+            redis=RedisConfig(dsn=redis_dsn, queue_name=f"smsgw:test:{uuid.uuid4().hex}"),
+            http=HttpConfig(port=0),
+            smpp=SmppConfig(**smpp_cfg),
+            sending=SendingConfig(**{"sweep_interval_s": 3600.0, **(sending or {})}),
+        )
+        gw = Gateway(cfg)
+        await gw.start()
+        assert gw.pool is not None and gw.client is not None
+        _, key = await ApiKeyStore(gw.pool).create(f"t-{uuid.uuid4().hex[:8]}",
+                                                   ("messages:send",))
+        http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"})
+        made.append((gw, simulator, http))
+        assert await gw.client.wait_bound(5)
+        return Stack(gw, simulator, http, f"http://127.0.0.1:{gw.http_port}")
+
+    yield factory
+    for gw, simulator, http in made:
+        await http.close()
+        await gw.stop(timeout=5)
+        await simulator.stop()
+
+
+def _numbers(n: int, start: int = 0) -> list[str]:
+    base = 901000000 + (uuid.uuid4().int % 900) * 1000
+    return [f"0{base + start + i}" for i in range(n)]
+
+
+async def test_round_trip_http_to_receipt(make_stack: MakeStack) -> None:
+    st = await make_stack()
+    [to] = _numbers(1)
+    data = await st.send(to=to, text="Cuoc thang 11/2026 cua Quy khach la 250.000d.")
+    assert data["status"] == "queued" and data["encoding"] == "gsm7" and data["segments"] == 1
+    assert (await st.wait_terminal([data["id"]]))[data["id"]] == "delivered"
+    detail = await st.get(data["id"])
+    assert [e["status"] for e in detail["events"]][:3] == ["queued", "submitting", "submitted"]
+    assert detail["events"][-1]["status"] == "delivered"
+    assert detail["smsc_message_id"]
+    msisdn = "84" + to[1:]
+    assert st.sim.messages(msisdn) == ["Cuoc thang 11/2026 cua Quy khach la 250.000d."]
+    async with st.http.get(f"{st.base}/healthz") as resp:
+        health = await resp.json()
+        assert resp.status == 200 and health["smpp"]["bound"] is True
+
+
+async def test_window_of_ten_really_has_ten_in_flight(make_stack: MakeStack) -> None:
+    st = await make_stack(sim={"resp_delay_s": 0.25}, smpp={"window": 10})
+    numbers = _numbers(40)
+    ids = [(await st.send(to=n, text=f"window test {i}"))["id"] for i, n in enumerate(numbers)]
+    assert st.gw.client is not None
+    peak = 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and st.sim.parts_received < 40:
+        peak = max(peak, st.gw.client.in_flight)
+        await asyncio.sleep(0.005)
+    assert peak == 10
+    statuses = await st.wait_terminal(ids)
+    assert set(statuses.values()) == {"delivered"}
+
+
+async def test_enquire_link_both_ways(make_stack: MakeStack) -> None:
+    # An idle link is probed by whichever side has the shorter interval.
+    ours = await make_stack(smpp={"enquire_link_s": 0.2})
+    theirs = await make_stack(sim={"enquire_link_interval_s": 0.2})
+    await asyncio.sleep(1.5)
+    assert ours.sim.enquire_links_received >= 2  # our probes, answered by the SMSC
+    assert theirs.sim.enquire_links_answered >= 2  # the SMSC's probes, answered by us
+    for st in (ours, theirs):
+        assert st.gw.client is not None
+        assert all(b.reconnects == 0 for b in st.gw.client.binds)
+
+
+async def test_smsc_drops_mid_window_nothing_lost_nothing_doubled(make_stack: MakeStack) -> None:
+    # The SMSC closes the connection on the 15th submit_sm without answering it; the submits it
+    # answered before are acknowledged, the rest of the window never reached it.
+    st = await make_stack(sim={"drop_after": 15}, smpp={"window": 10})
+    numbers = _numbers(60)
+    ids = [(await st.send(to=n, text=f"drop test {i}"))["id"] for i, n in enumerate(numbers)]
+    statuses = await st.wait_terminal(ids)
+    assert len(statuses) == 60
+    assert set(statuses.values()) == {"delivered"}, statuses
+    assert st.gw.client is not None
+    assert sum(b.reconnects for b in st.gw.client.binds) >= 1
+    assert st.sim.duplicates() == {}
+    for i, n in enumerate(numbers):
+        assert st.sim.messages("84" + n[1:]) == [f"drop test {i}"]
+
+
+@pytest.mark.parametrize("policy", ["resend", "fail"])
+async def test_lost_responses_follow_the_ambiguous_policy(make_stack: MakeStack,
+                                                          policy: str) -> None:
+    # Responses are delayed, so when the SMSC drops the link some submits it ACCEPTED have no
+    # answer yet: the ambiguous window. "resend" delivers everything and may double exactly
+    # those; "fail" never doubles and records them as failed. Either way each one is recorded.
+    st = await make_stack(sim={"drop_after": 15, "resp_delay_s": 0.05}, smpp={"window": 10},
+                          sending={"ambiguous_policy": policy})
+    numbers = _numbers(40)
+    ids = [(await st.send(to=n, text=f"ambiguous {i}"))["id"] for i, n in enumerate(numbers)]
+    statuses = await st.wait_terminal(ids)
+    assert len(statuses) == 40
+    ambiguous = []
+    for mid in ids:
+        events = (await st.get(mid))["events"]
+        if any("ambiguous" in e["detail"] for e in events):
+            ambiguous.append(mid)
+    assert ambiguous, "the drop must leave some submits unanswered"
+    doubled = sum(c - 1 for c in st.sim.received.values() if c > 1)
+    if policy == "resend":
+        assert set(statuses.values()) == {"delivered"}
+        assert doubled <= len(ambiguous)  # only ambiguous messages can be doubled
+    else:
+        assert doubled == 0
+        assert {statuses[m] for m in ambiguous} == {"failed"}
+        assert all(statuses[m] == "delivered" for m in ids if m not in ambiguous)
+    for i, n in enumerate(numbers):  # nothing lost: every message reached the SMSC or failed
+        got = st.sim.messages("84" + n[1:])
+        assert got or statuses[ids[i]] == "failed"
+
+
+async def test_throttling_backs_off_and_resends(make_stack: MakeStack) -> None:
+    st = await make_stack(sim={"tps_limit": 40}, smpp={"window": 10, "throttle_pause_s": 0.2})
+    numbers = _numbers(120)
+    ids = [(await st.send(to=n, text=f"throttle {i}"))["id"] for i, n in enumerate(numbers)]
+    statuses = await st.wait_terminal(ids, timeout=30)
+    assert set(statuses.values()) == {"delivered"}
+    assert st.sim.submits_throttled > 0
+    assert st.sim.duplicates() == {}
+    assert sum(st.sim.received.values()) >= 120
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x00\x00\x00\x10\x00\x00\x00\x99\x00\x00\x00\x00\x00\x00\x00\x07",  # unknown command
+    b"\xff\xff\xff\xff" + b"\x00" * 12,  # absurd command_length
+    b"\x00\x00\x00\x14\x00\x00\x00\x05\x00\x00\x00\x00\x00\x00\x00\x08\x01\x02\x03\x04",
+])
+async def test_garbage_from_the_smsc_never_crashes(make_stack: MakeStack,
+                                                   garbage: bytes) -> None:
+    st = await make_stack()
+    await st.sim.send_raw(garbage)
+    await asyncio.sleep(0.3)
+    assert st.gw.client is not None
+    assert await st.gw.client.wait_bound(5)
+    [to] = _numbers(1)
+    data = await st.send(to=to, text="still alive")
+    assert (await st.wait_terminal([data["id"]]))[data["id"]] == "delivered"
+
+
+async def test_idempotency_key_reused_means_one_submit(make_stack: MakeStack) -> None:
+    st = await make_stack()
+    [to] = _numbers(1)
+    first = await st.send(to=to, text="mot lan thoi", idempotency_key="bill-2026-11-A1")
+    second = await st.send(to=to, text="mot lan thoi", idempotency_key="bill-2026-11-A1")
+    assert first["id"] == second["id"] and second["created"] is False
+    await st.wait_terminal([first["id"]])
+    await asyncio.sleep(0.3)
+    assert st.sim.messages("84" + to[1:]) == ["mot lan thoi"]
+
+
+async def test_vietnamese_and_long_messages_arrive_intact(make_stack: MakeStack) -> None:
+    st = await make_stack()
+    a, b = _numbers(2)
+    viet = "Kính gửi Quý khách Nguyễn Thị Ánh Tuyết: cước tháng 11/2026 là 1.250.000đ. 😀"
+    long_text = ("Trân trọng cảm ơn Quý khách đã đồng hành cùng nhà mạng. " * 8)[:400]
+    d1 = await st.send(to=a, text=viet)
+    d2 = await st.send(to=b, text=long_text)
+    assert d1["encoding"] == "ucs2" and d2["encoding"] == "ucs2"
+    assert d2["segments"] == 6  # 400 UTF-16 units / 67 per part
+    statuses = await st.wait_terminal([d1["id"], d2["id"]])
+    assert set(statuses.values()) == {"delivered"}
+    assert st.sim.messages("84" + a[1:]) == [normalise(viet)]
+    assert st.sim.messages("84" + b[1:]) == [normalise(long_text).strip()]
+    detail = await st.get(d2["id"])
+    assert detail["segments"] == 6
+
+
+async def test_receipt_states_are_recorded(make_stack: MakeStack) -> None:
+    st = await make_stack(sim={"receipt_mix": (("DELIVRD", 1), ("UNDELIV", 1), ("EXPIRED", 1)),
+                               "seed": 7})
+    numbers = _numbers(30)
+    ids = [(await st.send(to=n, text=f"mix {i}"))["id"] for i, n in enumerate(numbers)]
+    statuses = await st.wait_terminal(ids)
+    assert set(statuses.values()) == {"delivered", "undelivered", "expired"}
+
+
+async def test_message_stored_while_redis_enqueue_failed_is_swept(make_stack: MakeStack) -> None:
+    st = await make_stack(sending={"stale_queued_s": 0.0})
+    assert st.gw.intake is not None and st.gw.queue is not None
+    # Intake with no queue = the enqueue after the INSERT never happened (crash / Redis down).
+    from gateway.intake import Intake, SendRequest
+
+    lost_enqueue = Intake(store=st.gw.store, queue=None,  # type: ignore[arg-type]
+                          renderer=st.gw.intake._renderer, sending=st.gw.config.sending)
+    [to] = _numbers(1)
+    rec, _ = await lost_enqueue.submit(SendRequest(to=to, text="swept"), api_key_id=None)
+    await asyncio.sleep(0.3)
+    assert st.sim.messages("84" + to[1:]) == []
+    assert await st.gw.sweep_once() == 1
+    assert (await st.wait_terminal([str(rec.id)]))[str(rec.id)] == "delivered"
+    assert st.sim.messages("84" + to[1:]) == ["swept"]
+
+
+async def test_job_run_twice_submits_once(make_stack: MakeStack) -> None:
+    st = await make_stack()
+    [to] = _numbers(1)
+    data = await st.send(to=to, text="at least once, sent once")
+    await st.wait_terminal([data["id"]])
+    from jobs.send import send_messages
+
+    # arq may run a job again (worker killed after the work, before the ack): nothing is sent.
+    assert await send_messages({"sender": st.gw.sender}, [data["id"]]) == 0
+    await asyncio.sleep(0.2)
+    assert st.sim.messages("84" + to[1:]) == ["at least once, sent once"]
+
+
+async def test_health_reports_unbound_when_smsc_is_gone(make_stack: MakeStack) -> None:
+    st = await make_stack()
+    await st.sim.stop()
+    await asyncio.sleep(0.3)
+    async with st.http.get(f"{st.base}/healthz") as resp:
+        body = await resp.json()
+        assert resp.status == 503
+        assert body["smpp"]["bound"] is False and body["postgres"] is True
