@@ -23,6 +23,7 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     logging.getLogger("arq").setLevel(logging.WARNING)
+    logging.getLogger("arq.connections").setLevel(logging.ERROR)  # we report Redis ourselves
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -30,10 +31,14 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 async def _migrate(cfg: Config) -> list[str]:
+    from gateway.service import PG_ERRORS, postgres_down
     from gateway.store.migrate import ensure_database, migrate_dsn
 
-    await ensure_database(cfg.database.dsn)
-    return await migrate_dsn(cfg.database.dsn, PROJECT_ROOT / "sql")
+    try:
+        await ensure_database(cfg.database.dsn)
+        return await migrate_dsn(cfg.database.dsn, PROJECT_ROOT / "sql")
+    except PG_ERRORS as exc:
+        raise postgres_down(cfg.database.dsn, exc) from exc
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -216,8 +221,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"smsgw: configuration error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        from gateway.service import DependencyDown as _  # noqa: F401
-
         print(f"smsgw: {exc}", file=sys.stderr)
         return 3
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from typing import Any
 
 import aiohttp
-import asyncpg
 
 from gateway import PROJECT_ROOT
 from gateway.config import Config
 from gateway.masking import mask_msisdn
-from gateway.service import DependencyDown, Gateway
+from gateway.service import PG_ERRORS, Gateway, postgres_down
 from gateway.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.store.apikeys import ApiKeyStore
 from gateway.store.migrate import ensure_database, migrate_dsn
@@ -43,7 +43,7 @@ async def _send_all(base: str, key: str, renderer: TemplateRenderer) -> list[dic
                 data = await resp.json()
                 if resp.status >= 300:
                     raise RuntimeError(f"POST /v1/messages for {template}: {resp.status} {data}")
-            out.append({"to": to, "template": template, **data})
+            out.append({**data, "to": to, "template": template})
         deadline = time.monotonic() + 30
         pending = {m["id"] for m in out}
         while pending and time.monotonic() < deadline:
@@ -54,6 +54,8 @@ async def _send_all(base: str, key: str, renderer: TemplateRenderer) -> list[dic
                 async with http.get(f"{base}/v1/messages/{m['id']}") as resp:
                     detail = await resp.json()
                 m["status"] = detail["status"]
+                m["text"] = detail.get("text", "")
+                m["msisdn"] = detail.get("to", "")
                 m["events"] = detail.get("events", [])
                 if detail["status"] in TERMINAL:
                     pending.discard(m["id"])
@@ -65,20 +67,23 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'to':<14} {'template':<12} {'encoding':<8} {'segments':>8}  {'final status':<12}")
     print("-" * 60)
     for r in rows:
-        digits = "".join(c for c in r["to"] if c.isdigit())
-        print(f"{mask_msisdn(digits):<14} {r['template']:<12} {r['encoding']:<8} "
+        who = mask_msisdn(r.get("msisdn") or r["to"])
+        print(f"{who:<14} {r['template']:<12} {r['encoding']:<8} "
               f"{r['segments']:>8}  {r['status']:<12}")
+    print()
+    for r in rows:
+        print(f"[{r['template']}] {r.get('text', '')}")
     print()
 
 
 async def run_demo(cfg: Config) -> int:
+    if cfg.log.level.upper() == "INFO":  # keep the demo's table readable
+        logging.getLogger("smsgw").setLevel(logging.WARNING)
     try:
         await ensure_database(cfg.database.dsn)
         await migrate_dsn(cfg.database.dsn, PROJECT_ROOT / "sql")
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DependencyDown(
-            f"Postgres unreachable at {cfg.database.dsn} ({exc}); start it or set "
-            "SMSGW_DATABASE_DSN") from exc
+    except PG_ERRORS as exc:
+        raise postgres_down(cfg.database.dsn, exc) from exc
     sim = SmscSimulator(SimulatorConfig(port=0, system_id=cfg.smpp.system_id,
                                         password=cfg.smpp.password, receipt_delay_s=0.5))
     await sim.start()
@@ -97,7 +102,8 @@ async def run_demo(cfg: Config) -> int:
         if not await gw.client.wait_bound(10) if gw.client else True:
             print("the gateway could not bind to the simulator", flush=True)
             return 1
-        renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms", defaults=template_defaults(cfg.sending))
+        renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms",
+                                    defaults=template_defaults(cfg.sending))
         rows = await _send_all(f"http://127.0.0.1:{gw.http_port}", plaintext, renderer)
         _print_table(rows)
         print(f"simulator received {sim.parts_received} submit_sm part(s) for "

@@ -45,14 +45,20 @@ def _safe_url(dsn: str) -> str:
     return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
 
 
+def postgres_down(dsn: str, exc: BaseException) -> DependencyDown:
+    return DependencyDown(f"Postgres unreachable at {_safe_url(dsn)} ({exc}); start it or set "
+                          "SMSGW_DATABASE_DSN / [database] dsn")
+
+
+PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
 async def open_postgres(cfg: Config) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(cfg.database.dsn, min_size=cfg.database.min_connections,
                                          max_size=cfg.database.max_connections, timeout=5)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise DependencyDown(
-            f"Postgres unreachable at {_safe_url(cfg.database.dsn)} ({exc}); start it or set "
-            "SMSGW_DATABASE_DSN / [database] dsn") from exc
+    except PG_ERRORS as exc:
+        raise postgres_down(cfg.database.dsn, exc) from exc
     assert pool is not None
     return pool
 
@@ -100,7 +106,8 @@ class Gateway:
         self.sender = Sender(store=self.store, client=self.client, ledger=self.ledger,
                              smpp=cfg.smpp, sending=cfg.sending)
         self.client.start()
-        renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms", defaults=template_defaults(cfg.sending))
+        renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms",
+                                    defaults=template_defaults(cfg.sending))
         self.intake = Intake(store=self.store, queue=self.queue, renderer=renderer,
                              sending=cfg.sending)
         self._worker = build_worker(redis=self.redis, redis_cfg=cfg.redis, sending=cfg.sending,

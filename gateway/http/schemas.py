@@ -197,6 +197,8 @@ def message_detail(record: MessageRecord, events: list[MessageEvent]) -> dict[st
         "id": str(record.id),
         "to": record.msisdn,
         "sender": record.sender,
+        "text": record.body,
+        "template": record.template,
         "status": record.status.value,
         "encoding": record.encoding.value,
         "segments": record.segments,

@@ -301,3 +301,51 @@ async def test_health_reports_unbound_when_smsc_is_gone(make_stack: MakeStack) -
         body = await resp.json()
         assert resp.status == 503
         assert body["smpp"]["bound"] is False and body["postgres"] is True
+
+
+async def test_transmitter_receiver_pair(make_stack: MakeStack) -> None:
+    st = await make_stack(smpp={"bind_mode": "tx+rx"})
+    assert st.gw.client is not None
+    assert sorted(b.mode.value for b in st.gw.client.binds) == ["receiver", "transmitter"]
+    [to] = _numbers(1)
+    data = await st.send(to=to, text="tx and rx")
+    assert (await st.wait_terminal([data["id"]]))[data["id"]] == "delivered"
+
+
+async def test_response_timeout_is_ambiguous_and_recorded(make_stack: MakeStack) -> None:
+    st = await make_stack(sim={"resp_delay_s": 1.0},
+                          smpp={"response_timeout_s": 0.3},
+                          sending={"ambiguous_policy": "fail"})
+    [to] = _numbers(1)
+    data = await st.send(to=to, text="slow smsc")
+    assert (await st.wait_terminal([data["id"]]))[data["id"]] == "failed"
+    detail = await st.get(data["id"])
+    assert "no submit_sm_resp within 0.3s" in detail["last_error"]
+    assert detail["events"][-1]["status"] == "failed"
+
+
+async def test_shutdown_drains_the_window_then_unbinds(make_stack: MakeStack) -> None:
+    st = await make_stack(sim={"resp_delay_s": 0.3})
+    numbers = _numbers(5)
+    ids = [(await st.send(to=n, text=f"drain {i}"))["id"] for i, n in enumerate(numbers)]
+    deadline = time.monotonic() + 5
+    while st.sim.parts_received < 5 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert st.gw.client is not None and st.gw.client.in_flight > 0
+    assert st.gw.store is not None
+    store_pool = st.gw.pool
+    assert store_pool is not None
+    started = time.monotonic()
+    await st.gw.stop(timeout=5)
+    assert time.monotonic() - started < 5
+    assert st.sim.bound_connections == 0  # we unbound
+    # Every response that was in flight was waited for and recorded before the pool closed.
+    import asyncpg
+
+    conn = await asyncpg.connect(st.gw.config.database.dsn)
+    try:
+        rows = await conn.fetch("SELECT status FROM messages WHERE id = ANY($1::uuid[])",
+                                [uuid.UUID(i) for i in ids])
+    finally:
+        await conn.close()
+    assert {r["status"] for r in rows} <= {"submitted", "delivered"}
