@@ -61,11 +61,17 @@ class SmppConfig:
     dest_ton: int = 1  # international
     dest_npi: int = 1  # E.164
     registered_delivery: int = 1  # ask for a receipt
-    message_id_format: str = "auto"  # "hex", "decimal" or "auto" for receipt matching
+    # Receipt matching: "auto" also tries the id read in the other base (hex <-> decimal), for
+    # carriers that answer submit_sm in one base and write receipts in the other; "exact"
+    # matches the id only as written.
+    message_id_format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.bind_mode not in ("trx", "tx+rx"):
             raise ConfigError(f"smpp.bind_mode must be 'trx' or 'tx+rx', not {self.bind_mode!r}")
+        if self.message_id_format not in ("auto", "exact"):
+            raise ConfigError("smpp.message_id_format must be 'auto' or 'exact', "
+                              f"not {self.message_id_format!r}")
         if not 1 <= self.window <= 1000:
             raise ConfigError(f"smpp.window must be between 1 and 1000, not {self.window}")
 

@@ -29,7 +29,12 @@ from gateway.masking import mask_msisdn
 from gateway.smpp.client import Ambiguous, EsmeClient, NotSent, SubmitResult
 from gateway.smpp.codec import Pdu, status_name
 from gateway.smpp.encoding import encode_message
-from gateway.smpp.receipts import id_candidates, message_status_for, parse_receipt
+from gateway.smpp.receipts import (
+    canonical_id,
+    id_candidates,
+    message_status_for,
+    parse_receipt,
+)
 from gateway.store.messages import MessageRecord, MessageStore, ReceiptUpdate
 from gateway.store.messages import SubmitResult as LedgerResult
 
@@ -180,7 +185,7 @@ class Sender:
                     "(ambiguous_policy=resend; the subscriber may receive them twice)"
                     if resent else None)
             result = LedgerResult(message_id=rec.id, status=MessageStatus.SUBMITTED,
-                                  part_ids=tuple(id_candidates(i)[0] for i in ids), error=note)
+                                  part_ids=tuple(canonical_id(i) for i in ids), error=note)
         else:
             status, error = self._classify_failure(errors)
             result = LedgerResult(message_id=rec.id, status=status, error=error)
@@ -253,8 +258,10 @@ class Sender:
         status = message_status_for(receipt.state)
         if status is None:  # ENROUTE / ACCEPTD: intermediate, nothing to record
             return OK
+        candidates = (id_candidates(receipt.message_id) if self._smpp.message_id_format == "auto"
+                      else (canonical_id(receipt.message_id),))
         await self._ledger.receipt(ReceiptUpdate(
-            candidates=id_candidates(receipt.message_id), status=status,
+            candidates=candidates, status=status,
             stat=receipt.state.value, err=receipt.error,
             raw=sm.decode("latin-1") if isinstance(sm, bytes) else str(sm)))
         return OK

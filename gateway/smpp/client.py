@@ -270,10 +270,14 @@ class Bind:
         if isinstance(ev, Received):
             return self._on_request(conn, ev)
         if isinstance(ev, BadPdu):
-            log.warning("bind %s: bad PDU from SMSC: %s", self.name, ev.reason)
             if ev.reply is not None and not ev.fatal:
                 conn.write(ev.reply)
-            return not ev.fatal
+            if ev.kind == "unknown_command":
+                log.warning("bind %s: SMSC sent %s; answered generic_nack", self.name, ev.reason)
+                return True
+            log.warning("bind %s: bad PDU from SMSC (%s); dropping the connection", self.name,
+                        ev.reason)
+            return False
         if isinstance(ev, InvalidState):
             log.warning("bind %s: SMSC sent %s in state %s", self.name, ev.pdu.command, ev.state)
             conn.write(ev.reply)

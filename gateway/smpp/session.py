@@ -189,6 +189,9 @@ class BadPdu:
     reason: str
     fatal: bool
     reply: Reply | None
+    #: "framing" (length unusable: drop now), "malformed" (a known PDU whose body does not
+    #: parse: answer, then drop — the peer is confused), "unknown_command" (answer, go on)
+    kind: str = "malformed"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -332,7 +335,7 @@ class Session:
         except PduError as exc:
             self.state = State.CLOSED
             self._buf.clear()
-            return BadPdu(reason=exc.reason, fatal=True, reply=None)
+            return BadPdu(reason=exc.reason, fatal=True, reply=None, kind="framing")
         if length is None or len(self._buf) < length:
             return NEED_DATA
         frame = bytes(self._buf[:length])
@@ -342,7 +345,7 @@ class Session:
         except PduError as exc:
             if exc.fatal:
                 self.state = State.CLOSED
-                return BadPdu(reason=exc.reason, fatal=True, reply=None)
+                return BadPdu(reason=exc.reason, fatal=True, reply=None, kind="framing")
             return BadPdu(reason=exc.reason, fatal=False,
                           reply=Reply(command="generic_nack", sequence=exc.sequence,
                                       status=exc.status))
@@ -351,6 +354,7 @@ class Session:
     def _on_pdu(self, pdu: Pdu) -> Event:
         if pdu.command == "unknown":
             return BadPdu(reason=f"unsupported command_id 0x{pdu.command_id:08X}", fatal=False,
+                          kind="unknown_command",
                           reply=Reply(command="generic_nack", sequence=pdu.sequence,
                                       status=consts.SMPP_ESME_RINVCMDID))
         if pdu.is_response:

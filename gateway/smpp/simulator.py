@@ -92,6 +92,9 @@ class SimulatorConfig:
     seed: int | None = None
     tps_limit: float | None = None  # accepted submit_sm per second over every bind
     message_id_format: Literal["hex", "decimal"] = "hex"
+    #: id base in receipts: "same" as submit_sm_resp, or the other base, as some carriers do
+    #: (hex in the response, decimal in the receipt or the other way round)
+    receipt_id_format: Literal["same", "hex", "decimal"] = "same"
     #: first message id; None = derived from the wall clock, so consecutive runs differ
     first_message_id: int | None = None
     control_host: str = "127.0.0.1"
@@ -706,11 +709,18 @@ class SmscSimulator:
         x = self._rng.random() * self._cum_weights[-1]
         return self._states[bisect.bisect_right(self._cum_weights, x)]
 
+    def _receipt_id(self, message_id: str) -> str:
+        fmt = self.config.receipt_id_format
+        if fmt == "same" or fmt == self.config.message_id_format:
+            return message_id
+        value = int(message_id, 16 if self._hex_ids else 10)
+        return f"{value:X}" if fmt == "hex" else str(value)
+
     def _schedule_receipt(self, params: Mapping[str, Any], message_id: str, text: str,
                           now: float) -> None:
         self._receipts.append(_Receipt(
             due=now + self.config.receipt_delay_s,
-            message_id=message_id.encode("ascii"),
+            message_id=self._receipt_id(message_id).encode("ascii"),
             state=self._pick_state(),
             source=params.get("destination_addr") or "",
             source_ton=params.get("dest_addr_ton", 0),

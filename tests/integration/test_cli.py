@@ -85,3 +85,81 @@ def test_demo_runs_end_to_end(env: dict[str, str]) -> None:
         assert template in out.stdout
     assert out.stdout.count("delivered") >= 3
     assert "duplicates: 0" in out.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_http(url: str, timeout: float = 20) -> int:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            last = exc.code
+            if last == 200:
+                return last
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not become healthy")
+
+
+def test_serve_sends_and_stops_cleanly_on_sigterm(env: dict[str, str]) -> None:
+    import json
+    import signal
+    import time
+    import urllib.request
+
+    smpp_port, http_port, ctl_port = _free_port(), _free_port(), _free_port()
+    sim = subprocess.Popen([sys.executable, "-m", "gateway", "smsc-sim", "--port", str(smpp_port),
+                            "--receipt-delay", "0.1", "--control-port", str(ctl_port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_env = {**os.environ, **env, "SMSGW_SMPP_PORT": str(smpp_port),
+               "SMSGW_HTTP_PORT": str(http_port)}
+    serve = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=run_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert _wait_http(f"http://127.0.0.1:{http_port}/healthz") == 200
+        key = smsgw("apikey", "create", "--name", "ops", env=env).stdout.strip().splitlines()[-1]
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{http_port}/v1/messages", method="POST",
+            data=json.dumps({"to": "0912345678", "text": "Xin chào từ smsgw"}).encode(),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 202
+            mid = json.loads(resp.read())["id"]
+        status = ""
+        deadline = time.monotonic() + 15
+        while status != "delivered" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            get = urllib.request.Request(f"http://127.0.0.1:{http_port}/v1/messages/{mid}",
+                                         headers={"Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(get, timeout=5) as resp:
+                status = json.loads(resp.read())["status"]
+        assert status == "delivered"
+        with urllib.request.urlopen(f"http://127.0.0.1:{ctl_port}/stats", timeout=5) as resp:
+            assert json.loads(resp.read())["parts_received"] == 1
+        started = time.monotonic()
+        serve.send_signal(signal.SIGTERM)
+        rc = serve.wait(timeout=15)
+        assert rc == 0 and time.monotonic() - started < 10
+        out = serve.stdout.read() if serve.stdout else ""
+        assert "0912345678" not in out and "84912345678" not in out  # numbers masked in logs
+        assert "Xin chào" not in out  # bodies never logged at INFO
+    finally:
+        for proc in (serve, sim):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -349,3 +349,24 @@ async def test_shutdown_drains_the_window_then_unbinds(make_stack: MakeStack) ->
     finally:
         await conn.close()
     assert {r["status"] for r in rows} <= {"submitted", "delivered"}
+
+
+@pytest.mark.parametrize(("resp_format", "receipt_format"), [("hex", "decimal"),
+                                                             ("decimal", "hex")])
+async def test_receipt_ids_in_the_other_base_still_match(make_stack: MakeStack, resp_format: str,
+                                                        receipt_format: str) -> None:
+    st = await make_stack(sim={"message_id_format": resp_format,
+                               "receipt_id_format": receipt_format})
+    numbers = _numbers(5)
+    ids = [(await st.send(to=n, text=f"base {i}"))["id"] for i, n in enumerate(numbers)]
+    statuses = await st.wait_terminal(ids)
+    assert set(statuses.values()) == {"delivered"}
+
+
+async def test_exact_id_matching_keeps_other_base_receipts_pending(make_stack: MakeStack) -> None:
+    st = await make_stack(sim={"message_id_format": "decimal", "receipt_id_format": "hex"},
+                          smpp={"message_id_format": "exact"})
+    [to] = _numbers(1)
+    data = await st.send(to=to, text="exact ids")
+    await asyncio.sleep(1.0)
+    assert (await st.get(data["id"]))["status"] == "submitted"  # receipt kept, not matched

@@ -814,3 +814,16 @@ def test_fuzz_mutated_valid_pdus_never_raise() -> None:
         blob = b"".join(_mutate(rng, rng.choice(valid)) for _ in range(rng.randint(1, 3)))
         for session in _fuzz_targets():
             _feed_and_check(session, blob, rng)
+
+
+def test_bad_pdu_kinds_tell_the_transport_what_to_do() -> None:
+    esme, _ = bound_pair()
+    unknown = struct.pack(">LLLL", 16, 0x00000099, 0, 5)
+    [ev] = deliver(unknown, esme)
+    assert isinstance(ev, BadPdu) and ev.kind == "unknown_command" and not ev.fatal
+    truncated = struct.pack(">LLLL", 20, 0x00000005, 0, 6) + b"\x01\x02\x03\x04"
+    [ev] = deliver(truncated, esme)
+    assert isinstance(ev, BadPdu) and ev.kind == "malformed" and ev.reply is not None
+    assert ev.reply.sequence == 6
+    [ev] = deliver(struct.pack(">L", 8) + b"\x00" * 12, esme)
+    assert isinstance(ev, BadPdu) and ev.kind == "framing" and ev.fatal and ev.reply is None
