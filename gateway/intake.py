@@ -16,7 +16,7 @@ from gateway.config import SendingConfig
 from gateway.domain import MessageClass, Priority
 from gateway.masking import mask_msisdn
 from gateway.numbers import InvalidNumber, normalise_msisdn
-from gateway.queue import JobQueue
+from gateway.queue import BatchingEnqueuer
 from gateway.smpp.encoding import analyse, khong_dau, normalise
 from gateway.store.messages import MessageRecord, MessageStore, NewMessage
 from gateway.templating import TemplateError, TemplateRenderer
@@ -65,7 +65,7 @@ def check_sender(sender: str) -> str:
 
 
 class Intake:
-    def __init__(self, *, store: MessageStore, queue: JobQueue | None,
+    def __init__(self, *, store: MessageStore, queue: BatchingEnqueuer | None,
                  renderer: TemplateRenderer, sending: SendingConfig) -> None:
         self._store = store
         self._queue = queue
@@ -120,10 +120,5 @@ class Intake:
         return record, created
 
     async def _enqueue(self, record: MessageRecord) -> None:
-        if self._queue is None:
-            return
-        try:
-            await self._queue.enqueue_send([record.id], job_id=f"send:{record.id}")
-        except Exception as exc:  # Redis down: the sweeper will enqueue the queued row later
-            log.warning("could not enqueue message %s (%s); the sweeper will retry", record.id,
-                        exc)
+        if self._queue is not None:
+            self._queue.add(record.id)

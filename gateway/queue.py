@@ -6,6 +6,8 @@ can write to Redis run code in the worker.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -66,3 +68,57 @@ class JobQueue:
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+
+class BatchingEnqueuer:
+    """Collects message ids from intake and enqueues them as one send job per batch.
+
+    arq costs a few Redis round trips per job; one job per HTTP request would make Redis the
+    ceiling. Ids wait at most ``linger_s`` (or until ``max_batch``). The rows are already in
+    Postgres as ``queued``, so a crash before the flush loses nothing: the sweeper finds them.
+    """
+
+    def __init__(self, queue: JobQueue, *, max_batch: int = 200, linger_s: float = 0.005) -> None:
+        self._queue = queue
+        self._max = max_batch
+        self._linger = linger_s
+        self._pending: list[UUID] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.jobs_enqueued = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="enqueue-batcher")
+
+    def add(self, message_id: UUID) -> None:
+        self._pending.append(message_id)
+        self._wakeup.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._flush()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if len(self._pending) < self._max:
+                await asyncio.sleep(self._linger)
+            await self._flush()
+
+    async def flush(self) -> None:
+        """Enqueue everything pending now (tests, shutdown)."""
+        await self._flush()
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:self._max], self._pending[self._max:]
+            try:
+                await self._queue.enqueue_send(batch)
+                self.jobs_enqueued += 1
+            except Exception as exc:  # Redis down: rows stay queued; the sweeper enqueues them
+                log.warning("could not enqueue %d message(s) (%s); the sweeper will retry",
+                            len(batch), exc)

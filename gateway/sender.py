@@ -2,8 +2,8 @@
 
 ``send_ids`` claims queued rows (queued → submitting; a row another run already claimed is
 skipped, which is what makes an at-least-once job re-run harmless), submits every part
-through the window, and hands the outcome to :class:`LedgerWriter`, which batches ledger
-writes (submit results first, then receipts) so Postgres is not one round trip per PDU.
+through the window, and hands the outcome to :class:`~gateway.ledger.LedgerWriter`, which
+batches ledger writes so Postgres is not one round trip per PDU.
 
 Receipts arriving on any bind go through :meth:`Sender.on_deliver`; the deliver_sm is
 acknowledged only after the receipt is in Postgres (matched, or kept in pending_receipts).
@@ -12,7 +12,6 @@ acknowledged only after the receipt is in Postgres (matched, or kept in pending_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -25,8 +24,9 @@ from smpplib import consts
 
 from gateway.config import SendingConfig, SmppConfig
 from gateway.domain import MessageStatus
+from gateway.ledger import LedgerWriter
 from gateway.masking import mask_msisdn
-from gateway.smpp.client import Ambiguous, EsmeClient, NotSent, SubmitResult
+from gateway.smpp.client import Ambiguous, EsmeClient, NotSent, SubmitResult, Unsendable
 from gateway.smpp.codec import Pdu, status_name
 from gateway.smpp.encoding import encode_message
 from gateway.smpp.receipts import (
@@ -47,78 +47,6 @@ TRANSIENT_STATUSES = frozenset({
     consts.SMPP_ESME_RTHROTTLED, consts.SMPP_ESME_RMSGQFUL, consts.SMPP_ESME_RSYSERR,
     consts.SMPP_ESME_RSUBMITFAIL, consts.SMPP_ESME_RX_T_APPN, consts.SMPP_ESME_RUNKNOWNERR,
 })
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    kind: str  # "result" or "receipt"
-    payload: Any
-    done: asyncio.Future[Any]
-
-
-class LedgerWriter:
-    """Single writer task that batches submit results and receipts into Postgres."""
-
-    def __init__(self, store: MessageStore, *, max_batch: int = 500,
-                 linger_s: float = 0.005) -> None:
-        self._store = store
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._max_batch = max_batch
-        self._linger = linger_s
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ledger-writer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            while not self._queue.empty():
-                await asyncio.sleep(0.01)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def record(self, result: LedgerResult) -> None:
-        await self._put("result", result)
-
-    async def receipt(self, update: ReceiptUpdate) -> None:
-        await self._put("receipt", update)
-
-    async def _put(self, kind: str, payload: Any) -> None:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(kind, payload, fut))
-        await fut
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            if self._linger:
-                await asyncio.sleep(self._linger)
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._flush(batch)
-
-    async def _flush(self, batch: list[_Job]) -> None:
-        results = [j.payload for j in batch if j.kind == "result"]
-        receipts = [j.payload for j in batch if j.kind == "receipt"]
-        delay = 0.2
-        while True:
-            try:
-                if results:
-                    await self._store.record_submit_results(results)
-                if receipts:
-                    await self._store.apply_receipts(receipts)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Postgres down: keep the batch and retry, never drop it
-                log.error("ledger write of %d results / %d receipts failed (%s); retrying in "
-                          "%.1fs", len(results), len(receipts), exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(5.0, delay * 2)
-        for j in batch:
-            if not j.done.done():
-                j.done.set_result(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,10 +100,14 @@ class Sender:
 
     async def _send_message(self, rec: MessageRecord) -> None:
         # The body was stored in its final form (không dấu already applied at intake).
-        enc = encode_message(rec.body, ref=self._next_ref())
-        outcomes = await asyncio.gather(
-            *(self._send_part(rec, self._params(rec, p, enc.data_coding, enc.esm_class))
-              for p in enc.parts))
+        try:
+            enc = encode_message(rec.body, ref=self._next_ref())
+            outcomes: list[_Accepted | str] = list(await asyncio.gather(
+                *(self._send_part(rec, self._params(rec, p, enc.data_coding, enc.esm_class))
+                  for p in enc.parts)))
+        except Exception as exc:  # our bug: never leave the row in 'submitting' silently
+            log.exception("message %s: unexpected error while sending", rec.id)
+            outcomes = [f"requeue:internal error {type(exc).__name__}: {exc}"]
         errors = [o for o in outcomes if isinstance(o, str)]
         if not errors:
             accepted = [o for o in outcomes if isinstance(o, _Accepted)]
@@ -188,6 +120,9 @@ class Sender:
                                   part_ids=tuple(canonical_id(i) for i in ids), error=note)
         else:
             status, error = self._classify_failure(errors)
+            if status is MessageStatus.QUEUED and rec.attempts >= self._sending.max_attempts:
+                status = MessageStatus.FAILED
+                error = f"gave up after {rec.attempts} attempts: {error}"
             result = LedgerResult(message_id=rec.id, status=status, error=error)
             log.info("message %s to %s: %s (%s)", rec.id, mask_msisdn(rec.msisdn),
                      status.value, error)
@@ -218,6 +153,8 @@ class Sender:
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
                 continue
+            except Unsendable as exc:
+                return f"failed:cannot encode the submit_sm: {exc}"
             except Ambiguous as exc:
                 if self._sending.ambiguous_policy == "fail":
                     return f"failed:ambiguous (policy fail): {exc}"

@@ -20,8 +20,9 @@ from gateway import PROJECT_ROOT
 from gateway.config import Config
 from gateway.http.app import create_app
 from gateway.intake import Intake
-from gateway.queue import JobQueue, connect
-from gateway.sender import LedgerWriter, Sender
+from gateway.ledger import LedgerWriter
+from gateway.queue import BatchingEnqueuer, JobQueue, connect
+from gateway.sender import Sender
 from gateway.smpp.client import EsmeClient
 from gateway.store.apikeys import ApiKeyStore
 from gateway.store.messages import MessageStore
@@ -88,6 +89,7 @@ class Gateway:
         self.ledger: LedgerWriter | None = None
         self.intake: Intake | None = None
         self.queue: JobQueue | None = None
+        self.enqueuer: BatchingEnqueuer | None = None
         self._worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
@@ -108,7 +110,9 @@ class Gateway:
         self.client.start()
         renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms",
                                     defaults=template_defaults(cfg.sending))
-        self.intake = Intake(store=self.store, queue=self.queue, renderer=renderer,
+        self.enqueuer = BatchingEnqueuer(self.queue)
+        self.enqueuer.start()
+        self.intake = Intake(store=self.store, queue=self.enqueuer, renderer=renderer,
                              sending=cfg.sending)
         self._worker = build_worker(redis=self.redis, redis_cfg=cfg.redis, sending=cfg.sending,
                                     ctx={"sender": self.sender})
@@ -135,6 +139,8 @@ class Gateway:
         deadline = time.monotonic() + timeout
         if self._runner is not None:
             await self._runner.cleanup()  # stop intake first
+        if self.enqueuer is not None:
+            await self.enqueuer.stop()
         if self._sweeper_task is not None:
             self._sweeper_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

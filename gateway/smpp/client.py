@@ -32,6 +32,7 @@ from gateway.smpp.session import (
     BadPdu,
     BindMode,
     InvalidState,
+    LocalProtocolError,
     Received,
     Reply,
     Request,
@@ -56,6 +57,11 @@ class NotSent(Exception):
 
 class Ambiguous(Exception):
     """The submit_sm was written but its response never came; the SMSC may have it."""
+
+
+class Unsendable(Exception):
+    """The submit_sm cannot be encoded (e.g. an address longer than SMPP allows): our side's
+    data is wrong and no retry will help."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +182,10 @@ class Bind:
             sent_at = time.monotonic()
             try:
                 conn.write(Request(command="submit_sm", params=params, ref=fut))
+            except LocalProtocolError as exc:
+                raise NotSent(f"bind {self.name} cannot send now: {exc}") from exc
+            except ValueError as exc:
+                raise Unsendable(str(exc)) from exc
             except (ConnectionError, RuntimeError) as exc:
                 raise NotSent(f"write failed on {self.name}: {exc}") from exc
             resp = await fut  # Ambiguous is set on it when the answer cannot come

@@ -102,6 +102,9 @@ class SimulatorConfig:
     resp_delay_s: float = 0.0  # delay of every submit_sm_resp
     drop_after: int | None = None  # close the connection on the Nth submit_sm (once per run)
     enquire_link_interval_s: float | None = None  # probe idle ESMEs with enquire_link
+    #: personality "error on submit": destinations starting with one of these are refused
+    #: with ESME_RINVDSTADR (a permanent error)
+    reject_prefixes: tuple[str, ...] = ()
     max_binds: int | None = None  # concurrent binds; more are answered ESME_RBINDFAIL
 
     def __post_init__(self) -> None:
@@ -634,7 +637,7 @@ class SmscSimulator:
         out = conn.pending if delayed is None else delayed
         params = pdu.params
         destination = params.get("destination_addr") or ""
-        if not destination:
+        if not destination or destination.startswith(cfg.reject_prefixes):
             out.append(conn.session.send(Reply(command="submit_sm_resp", sequence=pdu.sequence,
                                                status=consts.SMPP_ESME_RINVDSTADR), now=now))
             return

@@ -370,3 +370,22 @@ async def test_exact_id_matching_keeps_other_base_receipts_pending(make_stack: M
     data = await st.send(to=to, text="exact ids")
     await asyncio.sleep(1.0)
     assert (await st.get(data["id"]))["status"] == "submitted"  # receipt kept, not matched
+
+
+async def test_permanent_errors_reject_or_fail_with_a_reason(make_stack: MakeStack) -> None:
+    st = await make_stack(sim={"reject_prefixes": ("84999",)})
+    assert st.gw.store is not None and st.gw.sender is not None
+    from gateway.domain import Encoding, MessageClass
+    from gateway.store.messages import NewMessage
+
+    refused = await st.send(to="0999123456", text="the SMSC refuses this destination")
+    # a numeric sender longer than SMPP's 20 octets cannot even be encoded
+    bad, _ = await st.gw.store.create(NewMessage(
+        msisdn="84901999888", sender="1" * 25, body="y", encoding=Encoding.GSM7, segments=1,
+        message_class=MessageClass.CARE))
+    assert await st.gw.sender.send_ids([bad.id]) == 1
+    final = await st.wait_terminal([refused["id"], str(bad.id)])
+    assert final == {refused["id"]: "rejected", str(bad.id): "failed"}
+    assert "ESME_RINVDSTADR" in (await st.get(refused["id"]))["last_error"]
+    rec = await st.gw.store.get(bad.id)
+    assert rec is not None and rec.last_error and "cannot encode" in rec.last_error

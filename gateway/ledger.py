@@ -1,0 +1,105 @@
+"""Batched ledger writes: submit results and receipts reach Postgres in batches.
+
+Two independent writer tasks (results, receipts) so a burst of receipts never delays the
+recording of submit results. Each caller awaits its own item: a submit job completes, and a
+receipt's ``deliver_sm_resp`` is sent, only once the row is in Postgres. A failed write is
+retried with backoff, never dropped. The store serialises the two writers per SMSC id, so a
+receipt that overtakes its submit result is kept pending and applied, not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from gateway.store.messages import MessageStore, ReceiptUpdate, SubmitResult
+
+log = logging.getLogger("smsgw.ledger")
+
+T = TypeVar("T")
+
+
+class BatchWriter(Generic[T]):
+    """One task that drains a queue of items into ``flush(batch)`` calls."""
+
+    def __init__(self, name: str, flush: Callable[[Sequence[T]], Awaitable[Any]], *,
+                 max_batch: int = 500, linger_s: float = 0.002) -> None:
+        self.name = name
+        self._flush_fn = flush
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[None]]] = asyncio.Queue()
+        self._max_batch = max_batch
+        self._linger = linger_s
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.items = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"ledger-{self.name}")
+
+    async def stop(self) -> None:
+        while not self._queue.empty():
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def put(self, item: T) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, fut))
+        await fut
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            if self._linger and self._queue.qsize() < self._max_batch:
+                await asyncio.sleep(self._linger)
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write([item for item, _ in batch])
+            self.batches += 1
+            self.items += len(batch)
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _write(self, items: list[T]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._flush_fn(items)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Postgres down: keep the batch and retry, never drop it
+                log.error("ledger %s: writing %d item(s) failed (%s); retrying in %.1fs",
+                          self.name, len(items), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+
+
+class LedgerWriter:
+    """Submit results and receipts, each through its own :class:`BatchWriter`."""
+
+    def __init__(self, store: MessageStore, *, max_batch: int = 500) -> None:
+        self._results = BatchWriter[SubmitResult]("results", store.record_submit_results,
+                                                  max_batch=max_batch)
+        self._receipts = BatchWriter[ReceiptUpdate]("receipts", store.apply_receipts,
+                                                    max_batch=max_batch)
+
+    def start(self) -> None:
+        self._results.start()
+        self._receipts.start()
+
+    async def stop(self) -> None:
+        await self._results.stop()
+        await self._receipts.stop()
+
+    async def record(self, result: SubmitResult) -> None:
+        await self._results.put(result)
+
+    async def receipt(self, update: ReceiptUpdate) -> None:
+        await self._receipts.put(update)
