@@ -84,6 +84,9 @@ async def run(args: argparse.Namespace) -> None:
         done: dict[str, float] = {}
         deadline = time.monotonic() + 300
         while len(done) < args.count and time.monotonic() < deadline:
+            if os.environ.get("BENCH_TRACE"):
+                print({k.value: v for k, v in (await gw.store.counts_by_status()).items() if v},
+                      flush=True)
             rows = await gw.pool.fetch(
                 "SELECT id::text, extract(epoch from done_at) AS d, "
                 "extract(epoch from created_at) AS c FROM messages WHERE status = 'delivered'")
@@ -121,6 +124,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--window", type=int, default=50)
     logging.basicConfig(level=logging.WARNING)
+    if os.environ.get("BENCH_TRACE"):
+        logging.getLogger("smsgw.ledger").setLevel(logging.DEBUG)
     asyncio.run(run(ap.parse_args()))
 
 

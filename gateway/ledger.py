@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -59,7 +60,10 @@ class BatchWriter(Generic[T]):
                 await asyncio.sleep(self._linger)
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            started = time.perf_counter()
             await self._write([item for item, _ in batch])
+            log.debug("ledger %s: %d item(s) in %.1f ms", self.name, len(batch),
+                      (time.perf_counter() - started) * 1000)
             self.batches += 1
             self.items += len(batch)
             for _, fut in batch:

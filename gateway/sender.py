@@ -67,14 +67,47 @@ class Sender:
         self._sending = sending
         self._ref = random.randrange(256)
         self.submitted_parts = 0
+        # Messages claimed (status submitting) but not yet recorded, across every job. Claiming
+        # only what the windows can take soon keeps the "submitting" (ambiguous-if-we-crash)
+        # set small and its age far below sending.stale_submitting_s.
+        binds = max(1, sum(1 for b in client.binds if b.mode.value != "receiver"))
+        self.capacity = max(10, smpp.window * binds * 2)
+        self._free = self.capacity
+        self._freed = asyncio.Condition()
 
     # -- sending ---------------------------------------------------------------------------
     async def send_ids(self, ids: Sequence[UUID]) -> int:
-        """Send the given messages if still queued; returns how many were claimed."""
-        claimed = await self._store.claim(ids)
-        if claimed:
-            await asyncio.gather(*(self._send_message(rec) for rec in claimed))
-        return len(claimed)
+        """Send the given messages if still queued; returns how many this run claimed."""
+        claimed_total = 0
+        tasks: list[asyncio.Task[None]] = []
+        chunk = max(1, self.capacity // 2)
+        for i in range(0, len(ids), chunk):
+            part = ids[i:i + chunk]
+            await self._acquire(len(part))
+            claimed = await self._store.claim(part)
+            await self._release(len(part) - len(claimed))
+            claimed_total += len(claimed)
+            tasks.extend(asyncio.create_task(self._send_and_release(rec)) for rec in claimed)
+        if tasks:
+            await asyncio.gather(*tasks)
+        return claimed_total
+
+    async def _acquire(self, n: int) -> None:
+        async with self._freed:
+            await self._freed.wait_for(lambda: self._free >= n)
+            self._free -= n
+
+    async def _release(self, n: int) -> None:
+        if n:
+            async with self._freed:
+                self._free += n
+                self._freed.notify_all()
+
+    async def _send_and_release(self, rec: MessageRecord) -> None:
+        try:
+            await self._send_message(rec)
+        finally:
+            await self._release(1)
 
     def _next_ref(self) -> int:
         self._ref = (self._ref + 1) % 256
