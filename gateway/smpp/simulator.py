@@ -237,15 +237,10 @@ class SmscSimulator:
         self._next_id = first
         self._hex_ids = cfg.message_id_format == "hex"
 
-        # public counters
+        # public counters (reset_counters() zeroes them)
         self.received: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.parts_received = 0
-        self.submits_throttled = 0
-        self.binds = 0
-        self.receipts_sent = 0
-        self.receipts_acked = 0
-        self.receipts_rejected = 0
-        self.mo_acked = 0
+        self.parts_received = self.submits_throttled = self.binds = 0
+        self.receipts_sent = self.receipts_acked = self.receipts_rejected = self.mo_acked = 0
         self.enquire_links_received = 0  # probes from ESMEs that we answered
         self.enquire_links_answered = 0  # our probes that ESMEs answered
 
@@ -359,13 +354,9 @@ class SmscSimulator:
         self.received.clear()
         self._by_destination.clear()
         self._partial.clear()
-        self.parts_received = 0
-        self.submits_throttled = 0
-        self.binds = 0
-        self.receipts_sent = 0
-        self.receipts_acked = 0
-        self.receipts_rejected = 0
-        self.mo_acked = 0
+        self.parts_received = self.submits_throttled = self.binds = 0
+        self.receipts_sent = self.receipts_acked = self.receipts_rejected = self.mo_acked = 0
+        self.enquire_links_received = self.enquire_links_answered = 0
 
     def stats(self) -> dict[str, int]:
         return {
