@@ -7,13 +7,18 @@ Receipts and submit results for the same SMSC id are serialised with transaction
 advisory locks on the id's hash: without that, a receipt that arrives while its
 submit_sm_resp is being recorded could see no part, while the submit result sees no pending
 receipt, and the receipt would stay unmatched.
+
+A batch of receipts costs the same few statements whatever its size: one resolves every
+receipt's part and locks the messages, one reads those messages' parts, then the receipts are
+replayed in memory one by one, in order (so several receipts for one part or one message in a
+batch give what applying them one at a time would), and one statement writes the result.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -34,6 +39,8 @@ SUBMIT_RESULT_STATUSES = frozenset(
 )
 #: Message statuses a receipt may roll up from (the message has part rows).
 _ROLLUP_FROM = frozenset({MessageStatus.SUBMITTED, *RECEIPT_STATUSES})
+#: Part statuses that are final (a part has had a receipt).
+_FINAL_PART_STATUSES = frozenset(status.value for status in RECEIPT_STATUSES)
 
 #: First key of the two-int advisory locks taken per SMSC message id.
 _SMSC_ID_LOCK_SPACE = 0x534D5347  # "SMSG"
@@ -200,7 +207,32 @@ SELECT pg_advisory_xact_lock($1::integer, h)
 FROM (SELECT DISTINCT hashtext(x) AS h FROM unnest($2::text[]) AS x ORDER BY h) AS s
 """
 
-_LOCK_MESSAGES = "SELECT id FROM messages WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
+# Every receipt's part in one pass: $1 receipt index, $2 candidate position, $3 candidate.
+# Earlier candidates (the canonical form first) win; among equal ids, the newest submit. The
+# matched messages are then locked in id order (a message deleted meanwhile matches nothing).
+_FIND_AND_LOCK_PARTS = """
+WITH c AS (
+    SELECT * FROM unnest($1::integer[], $2::integer[], $3::text[]) AS c(ord, pos, smsc_id)
+), hit AS (
+    SELECT DISTINCT ON (c.ord) c.ord, p.message_id, p.part_no
+    FROM c
+    JOIN message_parts p ON p.smsc_message_id = c.smsc_id
+    JOIN messages m ON m.id = p.message_id
+    ORDER BY c.ord, c.pos, m.submitted_at DESC NULLS LAST, p.message_id, p.part_no
+), locked AS (
+    SELECT id FROM messages
+    WHERE id = ANY(ARRAY(SELECT DISTINCT message_id FROM hit))
+    ORDER BY id FOR UPDATE
+)
+SELECT hit.ord, hit.message_id, hit.part_no FROM hit JOIN locked ON locked.id = hit.message_id
+"""
+
+# Read once the messages are locked (a new statement, so a new snapshot).
+_MESSAGE_PARTS_STATE = """
+SELECT m.id, m.status AS message_status, p.part_no, p.status AS part_status
+FROM messages m JOIN message_parts p ON p.message_id = m.id
+WHERE m.id = ANY($1::uuid[])
+"""
 
 _PENDING_FOR = """
 SELECT id, candidates, state, stat, err, raw FROM pending_receipts
@@ -212,44 +244,40 @@ _MARK_PENDING_MATCHED = """
 UPDATE pending_receipts SET matched_at = now() WHERE id = ANY($1::bigint[])
 """
 
-_INSERT_PENDING = """
-INSERT INTO pending_receipts (candidates, state, stat, err, raw) VALUES ($1, $2, $3, $4, $5)
+# All the writes of a batch of receipts. Parts: $1-$5 (each part once, its last receipt);
+# messages that rolled up: $6 $7; events in receipt order: $8-$10; unmatched receipts in
+# receipt order: $11-$15, their candidates flattened as (receipt index, position, id): $16-$18.
+_WRITE_RECEIPTS = """
+WITH parts AS (
+    UPDATE message_parts p
+    SET status = u.status, receipt_stat = u.stat, receipt_err = u.err, receipt_at = now()
+    FROM unnest($1::uuid[], $2::smallint[], $3::text[], $4::text[], $5::text[])
+        AS u(message_id, part_no, status, stat, err)
+    WHERE p.message_id = u.message_id AND p.part_no = u.part_no
+), msgs AS (
+    UPDATE messages m SET status = u.status, done_at = now(), updated_at = now()
+    FROM unnest($6::uuid[], $7::text[]) AS u(id, status)
+    WHERE m.id = u.id
+), ev AS (
+    INSERT INTO message_events (message_id, status, detail)
+    SELECT e.message_id, e.status, e.detail
+    FROM unnest($8::uuid[], $9::text[], $10::text[]) WITH ORDINALITY
+        AS e(message_id, status, detail, n)
+    ORDER BY e.n
+), cands AS (
+    SELECT x.ord, array_agg(x.smsc_id ORDER BY x.pos) AS candidates
+    FROM unnest($16::integer[], $17::integer[], $18::text[]) AS x(ord, pos, smsc_id)
+    GROUP BY x.ord
+), pend AS (
+    INSERT INTO pending_receipts (candidates, state, stat, err, raw)
+    SELECT cands.candidates, r.state, r.stat, r.err, r.raw
+    FROM unnest($11::integer[], $12::text[], $13::text[], $14::text[], $15::text[])
+        AS r(ord, state, stat, err, raw)
+    JOIN cands ON cands.ord = r.ord
+    ORDER BY r.ord
+)
+SELECT 1
 """
-
-# Earlier candidates (the canonical form first) win; among equal ids, the newest submit.
-_FIND_PART = """
-SELECT p.message_id, p.part_no
-FROM message_parts p JOIN messages m ON m.id = p.message_id
-WHERE p.smsc_message_id = ANY($1::text[])
-ORDER BY array_position($1::text[], p.smsc_message_id), m.submitted_at DESC NULLS LAST
-LIMIT 1
-"""
-
-_PART_STATE = """
-SELECT p.status AS part_status, m.status AS message_status
-FROM message_parts p JOIN messages m ON m.id = p.message_id
-WHERE p.message_id = $1 AND p.part_no = $2
-"""
-
-_UPDATE_PART = """
-UPDATE message_parts
-SET status = $3, receipt_stat = $4, receipt_err = $5, receipt_at = now()
-WHERE message_id = $1 AND part_no = $2
-"""
-
-_PART_COUNTS = """
-SELECT count(*) AS total,
-       count(*) FILTER (WHERE status = 'delivered') AS delivered,
-       count(*) FILTER (WHERE status = 'undelivered') AS undelivered,
-       count(*) FILTER (WHERE status IN ('delivered', 'undelivered', 'expired')) AS final
-FROM message_parts WHERE message_id = $1
-"""
-
-_SET_FINAL_STATUS = """
-UPDATE messages SET status = $2, done_at = now(), updated_at = now() WHERE id = $1
-"""
-
-_INSERT_EVENT = "INSERT INTO message_events (message_id, status, detail) VALUES ($1, $2, $3)"
 
 _RELEASE = """
 WITH locked AS (
@@ -377,28 +405,128 @@ async def _lock_smsc_ids(conn: Any, ids: Iterable[str]) -> None:
         await conn.execute(_LOCK_SMSC_IDS, _SMSC_ID_LOCK_SPACE, unique)
 
 
-async def _apply_to_part(
-    conn: Any, message_id: UUID, part_no: int, update: ReceiptUpdate
+def _flatten_candidates(updates: Sequence[ReceiptUpdate]) -> tuple[list[int], list[int], list[str]]:
+    """Every receipt's candidates as three parallel arrays: receipt index, position, id."""
+    ords: list[int] = []
+    positions: list[int] = []
+    ids: list[str] = []
+    for i, update in enumerate(updates):
+        for pos, candidate in enumerate(update.candidates, start=1):
+            ords.append(i)
+            positions.append(pos)
+            ids.append(candidate)
+    return ords, positions, ids
+
+
+@dataclass(slots=True)
+class _MessageState:
+    """A locked message as a batch of receipts sees it, one receipt after the other."""
+
+    status: MessageStatus
+    parts: dict[int, str]  # part_no -> part status
+    rolled_up: bool = False  # its status (and done_at) must be written
+
+
+@dataclass(slots=True)
+class _ReceiptPlan:
+    """What applying a batch of receipts one by one amounts to: outcomes and rows to write."""
+
+    outcomes: list[ReceiptOutcome] = field(default_factory=list)
+    parts: dict[tuple[UUID, int], ReceiptUpdate] = field(default_factory=dict)  # last receipt
+    events: list[tuple[UUID, str, str]] = field(default_factory=list)  # in receipt order
+    pending: list[ReceiptUpdate] = field(default_factory=list)  # in receipt order
+
+
+def _apply_in_memory(
+    plan: _ReceiptPlan, state: _MessageState, message_id: UUID, part_no: int, update: ReceiptUpdate
 ) -> ReceiptOutcome:
-    """Apply one receipt to a part and roll the message up; the message row must be locked."""
-    state = await conn.fetchrow(_PART_STATE, message_id, part_no)
-    current = MessageStatus(state["message_status"])
-    if state["part_status"] == update.status.value:
+    """Apply one receipt to a part and roll the message up, recording the writes in ``plan``."""
+    current = state.status
+    if state.parts[part_no] == update.status.value:
         return ReceiptOutcome(message_id, part_no, current, duplicate=True)
-    await conn.execute(
-        _UPDATE_PART, message_id, part_no, update.status.value, update.stat, update.err
+    state.parts[part_no] = update.status.value
+    plan.parts[(message_id, part_no)] = update
+    statuses = list(state.parts.values())
+    total = len(statuses)
+    rolled = _rollup(
+        total,
+        statuses.count(MessageStatus.DELIVERED.value),
+        statuses.count(MessageStatus.UNDELIVERED.value),
+        sum(s in _FINAL_PART_STATUSES for s in statuses),
     )
-    counts = await conn.fetchrow(_PART_COUNTS, message_id)
-    total: int = counts["total"]
-    rolled = _rollup(total, counts["delivered"], counts["undelivered"], counts["final"])
-    new = current
     if rolled is not None and rolled is not current and current in _ROLLUP_FROM:
-        await conn.execute(_SET_FINAL_STATUS, message_id, rolled.value)
-        new = rolled
+        state.status = rolled
+        state.rolled_up = True
+    detail = _receipt_detail(part_no, total, update)
+    plan.events.append((message_id, state.status.value, detail))
+    return ReceiptOutcome(message_id, part_no, state.status, duplicate=False)
+
+
+async def _load_states(conn: Any, message_ids: Iterable[UUID]) -> dict[UUID, _MessageState]:
+    """Status and part statuses of (locked) messages."""
+    states: dict[UUID, _MessageState] = {}
+    ids = list(message_ids)
+    if not ids:
+        return states
+    for row in await conn.fetch(_MESSAGE_PARTS_STATE, ids):
+        state = states.get(row["id"])
+        if state is None:
+            state = states[row["id"]] = _MessageState(MessageStatus(row["message_status"]), {})
+        state.parts[row["part_no"]] = row["part_status"]
+    return states
+
+
+async def _write_plan(conn: Any, plan: _ReceiptPlan, states: dict[UUID, _MessageState]) -> None:
+    """Every write of a batch of receipts in one statement."""
+    if not plan.events and not plan.pending:
+        return  # only duplicates
+    rolled = [(mid, state.status.value) for mid, state in states.items() if state.rolled_up]
+    ords, positions, ids = _flatten_candidates(plan.pending)
     await conn.execute(
-        _INSERT_EVENT, message_id, new.value, _receipt_detail(part_no, total, update)
+        _WRITE_RECEIPTS,
+        [mid for mid, _ in plan.parts],
+        [no for _, no in plan.parts],
+        [u.status.value for u in plan.parts.values()],
+        [u.stat for u in plan.parts.values()],
+        [u.err for u in plan.parts.values()],
+        [mid for mid, _ in rolled],
+        [status for _, status in rolled],
+        [mid for mid, _, _ in plan.events],
+        [status for _, status, _ in plan.events],
+        [detail for _, _, detail in plan.events],
+        list(range(len(plan.pending))),
+        [u.status.value for u in plan.pending],
+        [u.stat for u in plan.pending],
+        [u.err for u in plan.pending],
+        [u.raw for u in plan.pending],
+        ords,
+        positions,
+        ids,
     )
-    return ReceiptOutcome(message_id, part_no, new, duplicate=False)
+
+
+async def _apply_batch(
+    conn: Any, items: Sequence[tuple[ReceiptUpdate, tuple[UUID, int] | None]]
+) -> list[ReceiptOutcome]:
+    """Apply receipts to their (message id, part no), or keep them pending when None.
+
+    The result, outcomes and rows alike, is that of applying them one by one in order
+    (a receipt sees the parts and roll-ups of those before it), in one read and one write.
+    The messages of every target must be locked.
+    """
+    states = await _load_states(conn, {t[0] for _, t in items if t is not None})
+    plan = _ReceiptPlan()
+    for update, target in items:
+        if target is None:
+            log.info("receipt for unknown SMSC id %s kept pending", update.candidates[0])
+            plan.pending.append(update)
+            plan.outcomes.append(ReceiptOutcome(None, None, None, duplicate=False))
+        else:
+            message_id, part_no = target
+            outcome = _apply_in_memory(plan, states[message_id], message_id, part_no, update)
+            plan.outcomes.append(outcome)
+    await _write_plan(conn, plan, states)
+    return plan.outcomes
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -498,60 +626,54 @@ class MessageStore:
         """Apply receipts that arrived before their submit_sm_resp to the new parts."""
         pending = await conn.fetch(_PENDING_FOR, list(by_smsc_id))
         matched: list[int] = []
+        targets: list[tuple[UUID, int]] = []
+        updates: list[ReceiptUpdate] = []
         for row in pending:
             target = next((by_smsc_id[c] for c in row["candidates"] if c in by_smsc_id), None)
             if target is None:  # pragma: no cover - the && filter guarantees a match
                 continue
-            update = ReceiptUpdate(
-                candidates=tuple(row["candidates"]),
-                status=MessageStatus(row["state"]),
-                stat=row["stat"] or "",
-                err=row["err"],
-                raw=row["raw"] or "",
+            matched.append(row["id"])
+            targets.append(target)
+            updates.append(
+                ReceiptUpdate(
+                    candidates=tuple(row["candidates"]),
+                    status=MessageStatus(row["state"]),
+                    stat=row["stat"] or "",
+                    err=row["err"],
+                    raw=row["raw"] or "",
+                )
             )
-            outcome = await _apply_to_part(conn, target[0], target[1], update)
+        if not matched:
+            return
+        outcomes = await _apply_batch(conn, list(zip(updates, targets, strict=True)))
+        for pending_id, target, outcome in zip(matched, targets, outcomes, strict=True):
             log.info(
                 "pending receipt %s matched message %s part %d -> %s",
-                row["id"],
+                pending_id,
                 target[0],
                 target[1],
                 outcome.message_status,
             )
-            matched.append(row["id"])
-        if matched:
-            await conn.execute(_MARK_PENDING_MATCHED, matched)
+        await conn.execute(_MARK_PENDING_MATCHED, matched)
 
     async def apply_receipts(self, updates: Sequence[ReceiptUpdate]) -> list[ReceiptOutcome]:
-        """Apply delivery receipts to parts and roll messages up; unknown ids are kept pending."""
+        """Apply delivery receipts to parts and roll messages up; unknown ids are kept pending.
+
+        The outcome (one per update, in order) and the rows written are those of applying the
+        updates one by one, in order; it takes four statements whatever the batch size.
+        """
         if not updates:
             return []
         for update in updates:
             _check_receipt(update)
+        ords, positions, ids = _flatten_candidates(updates)
         async with self._pool.acquire() as conn, conn.transaction():
-            await _lock_smsc_ids(conn, (c for u in updates for c in u.candidates))
-            targets: list[tuple[UUID, int] | None] = []
-            for update in updates:
-                row = await conn.fetchrow(_FIND_PART, list(update.candidates))
-                targets.append(None if row is None else (row["message_id"], row["part_no"]))
-            message_ids = sorted({t[0] for t in targets if t is not None})
-            if message_ids:
-                await conn.execute(_LOCK_MESSAGES, message_ids)
-            outcomes: list[ReceiptOutcome] = []
-            for update, target in zip(updates, targets, strict=True):
-                if target is None:
-                    await conn.execute(
-                        _INSERT_PENDING,
-                        list(update.candidates),
-                        update.status.value,
-                        update.stat,
-                        update.err,
-                        update.raw,
-                    )
-                    log.info("receipt for unknown SMSC id %s kept pending", update.candidates[0])
-                    outcomes.append(ReceiptOutcome(None, None, None, duplicate=False))
-                else:
-                    outcomes.append(await _apply_to_part(conn, target[0], target[1], update))
-            return outcomes
+            await _lock_smsc_ids(conn, ids)
+            rows = await conn.fetch(_FIND_AND_LOCK_PARTS, ords, positions, ids)
+            targets: list[tuple[UUID, int] | None] = [None] * len(updates)
+            for row in rows:
+                targets[row["ord"]] = (row["message_id"], row["part_no"])
+            return await _apply_batch(conn, list(zip(updates, targets, strict=True)))
 
     async def release(self, ids: Sequence[UUID], reason: str) -> int:
         """Put submitting messages back in the queue (e.g. the link dropped before the resp)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import uuid
 from uuid import UUID
 
@@ -21,6 +22,7 @@ from gateway.store.messages import (
     MessageRecord,
     MessageStore,
     NewMessage,
+    ReceiptOutcome,
     ReceiptUpdate,
     SubmitResult,
 )
@@ -344,6 +346,209 @@ async def test_receipt_racing_submit_result_is_never_lost(store: MessageStore) -
             store.record_submit_results([SubmitResult(rec.id, S.SUBMITTED, (part,))]),
         )
         assert await _status(store, rec.id) is S.DELIVERED
+
+
+# --- receipts: several for one part or one message in one batch -----------------------------
+
+
+async def test_same_part_twice_in_one_batch(store: MessageStore) -> None:
+    rec, parts = await _submitted(store, 1)
+    n_events = len(await store.events(rec.id))
+    first, second = await store.apply_receipts([_receipt(parts[0]), _receipt(parts[0])])
+    assert (first.message_id, first.part_no, first.duplicate) == (rec.id, 1, False)
+    assert (second.message_id, second.part_no, second.duplicate) == (rec.id, 1, True)
+    assert first.message_status is second.message_status is S.DELIVERED
+    events = await store.events(rec.id)
+    assert len(events) == n_events + 1
+    assert (events[-1].status, events[-1].detail) == (S.DELIVERED, "part 1/1 DELIVRD err:000")
+
+
+async def test_expired_then_delivered_for_one_part_in_one_batch(
+    store: MessageStore, pg_pool: asyncpg.Pool
+) -> None:
+    rec, parts = await _submitted(store, 1)
+    out = await store.apply_receipts(
+        [_receipt(parts[0], S.EXPIRED, "EXPIRED"), _receipt(parts[0])]
+    )
+    assert [(o.message_status, o.duplicate) for o in out] == [
+        (S.EXPIRED, False),
+        (S.DELIVERED, False),
+    ]
+    assert await _status(store, rec.id) is S.DELIVERED
+    events = [(e.status, e.detail) for e in await store.events(rec.id)][-2:]
+    assert events == [
+        (S.EXPIRED, "part 1/1 EXPIRED err:001"),
+        (S.DELIVERED, "part 1/1 DELIVRD err:000"),
+    ]
+    part = await pg_pool.fetchrow(
+        "SELECT status, receipt_stat, receipt_err FROM message_parts WHERE message_id = $1",
+        rec.id,
+    )
+    assert part is not None
+    assert tuple(part.values()) == ("delivered", "DELIVRD", "000")
+
+
+async def test_three_parts_of_one_message_in_one_batch(store: MessageStore) -> None:
+    rec, parts = await _submitted(store, 3)
+    other, other_parts = await _submitted(store, 3)
+    out = await store.apply_receipts(
+        [
+            _receipt(parts[0]),
+            _receipt(other_parts[2], S.UNDELIVERED, "UNDELIV"),
+            _receipt(parts[1]),
+            _receipt(other_parts[0]),
+            _receipt(parts[2]),
+            _receipt(other_parts[1], S.EXPIRED, "EXPIRED"),
+        ]
+    )
+    assert [(o.message_id, o.part_no, o.message_status) for o in out] == [
+        (rec.id, 1, S.SUBMITTED),
+        (other.id, 3, S.SUBMITTED),
+        (rec.id, 2, S.SUBMITTED),
+        (other.id, 1, S.SUBMITTED),
+        (rec.id, 3, S.DELIVERED),
+        (other.id, 2, S.UNDELIVERED),
+    ]
+    assert not any(o.duplicate for o in out)
+    got = await store.get(rec.id)
+    assert got is not None and got.status is S.DELIVERED and got.done_at is not None
+    assert await _status(store, other.id) is S.UNDELIVERED
+    events = [(e.status, e.detail) for e in await store.events(rec.id)][-3:]
+    assert events == [
+        (S.SUBMITTED, "part 1/3 DELIVRD err:000"),
+        (S.SUBMITTED, "part 2/3 DELIVRD err:000"),
+        (S.DELIVERED, "part 3/3 DELIVRD err:000"),
+    ]
+    details = [e.detail for e in await store.events(other.id)][-3:]
+    assert details == ["part 3/3 UNDELIV err:001", "part 1/3 DELIVRD err:000",
+                       "part 2/3 EXPIRED err:001"]
+
+
+async def test_batch_of_200_mixes_known_and_unknown_ids(
+    store: MessageStore, pg_pool: asyncpg.Pool
+) -> None:
+    known = [await _submitted(store, 1) for _ in range(100)]
+    unknown = [_smsc_id() for _ in range(100)]
+    updates: list[ReceiptUpdate] = []
+    expected: list[UUID | None] = []
+    for (rec, parts), smsc_id in zip(known, unknown, strict=True):
+        updates += [_receipt(smsc_id, S.UNDELIVERED, "UNDELIV"), _receipt(parts[0])]
+        expected += [None, rec.id]
+    out = await store.apply_receipts(updates)
+    assert [o.message_id for o in out] == expected
+    assert all(o.message_status is (None if o.message_id is None else S.DELIVERED) for o in out)
+    assert not any(o.duplicate for o in out)
+    for rec, _ in known:
+        assert await _status(store, rec.id) is S.DELIVERED
+    rows = await pg_pool.fetch(
+        "SELECT candidates, state, stat, err, raw, matched_at FROM pending_receipts"
+        " WHERE candidates && $1::text[] ORDER BY id",
+        unknown,
+    )
+    # one pending row per unknown receipt, in the order of the batch, with all its candidates
+    assert [tuple(r["candidates"]) for r in rows] == [id_candidates(i) for i in unknown]
+    pending = ("undelivered", "UNDELIV", "001", None)
+    assert all((r["state"], r["stat"], r["err"], r["matched_at"]) == pending for r in rows)
+    assert [r["raw"] for r in rows] == [f"id:{i} stat:UNDELIV" for i in unknown]
+
+
+async def test_candidate_order_then_newest_submit_wins_in_one_batch(
+    store: MessageStore,
+) -> None:
+    value = uuid.uuid4().int % 10**9 + 10**9
+    decimal, hexa = str(value), format(value, "x")
+    candidates = id_candidates(decimal)
+    assert candidates[:2] == (decimal, hexa)  # canonical first, then the hex form
+    reused = _smsc_id()
+    older = [(await store.create(_new()))[0] for _ in range(3)]
+    await store.claim([r.id for r in older])
+    await store.record_submit_results(
+        [
+            SubmitResult(older[0].id, S.SUBMITTED, (decimal,)),
+            SubmitResult(older[1].id, S.SUBMITTED, (reused,)),
+        ]
+    )
+    await asyncio.sleep(0.01)
+    await store.record_submit_results([SubmitResult(older[2].id, S.SUBMITTED, (hexa,))])
+    newer, _ = await store.create(_new())
+    await store.claim([newer.id])
+    await store.record_submit_results([SubmitResult(newer.id, S.SUBMITTED, (reused,))])
+    out = await store.apply_receipts(
+        [
+            ReceiptUpdate(candidates, S.DELIVERED, "DELIVRD", None, ""),  # decimal form first
+            ReceiptUpdate((hexa,), S.DELIVERED, "DELIVRD", None, ""),
+            _receipt(reused),  # the same id submitted twice: the newest submit
+        ]
+    )
+    assert [o.message_id for o in out] == [older[0].id, older[2].id, newer.id]
+    assert await _status(store, older[1].id) is S.SUBMITTED
+
+
+async def _snapshot(
+    store: MessageStore, pg_pool: asyncpg.Pool, ids: list[UUID]
+) -> list[tuple[object, ...]]:
+    """Everything a receipt can change about some messages, without ids and timestamps."""
+    snap: list[tuple[object, ...]] = []
+    for message_id in ids:
+        rec = await store.get(message_id)
+        assert rec is not None
+        parts = await pg_pool.fetch(
+            "SELECT part_no, status, receipt_stat, receipt_err, receipt_at IS NOT NULL AS got"
+            " FROM message_parts WHERE message_id = $1 ORDER BY part_no",
+            message_id,
+        )
+        events = [  # the submit event names the twin's own SMSC ids
+            (e.status, "" if e.detail.startswith("smsc ids:") else e.detail)
+            for e in await store.events(message_id)
+        ]
+        snap.append(
+            (rec.status, rec.done_at is not None, [tuple(p.values()) for p in parts], events)
+        )
+    return snap
+
+
+async def test_one_batch_equals_receipts_one_by_one(
+    store: MessageStore, pg_pool: asyncpg.Pool
+) -> None:
+    rng = random.Random(20240611)
+    shape = [rng.randint(1, 3) for _ in range(10)]
+    twins = [[await _submitted(store, n) for n in shape] for _ in range(2)]
+    statuses = [(S.DELIVERED, "DELIVRD"), (S.UNDELIVERED, "UNDELIV"), (S.EXPIRED, "EXPIRED")]
+    plan: list[tuple[int, int, int] | None] = []
+    for _ in range(120):
+        if rng.random() < 0.1:
+            plan.append(None)  # an unknown id
+        else:
+            i = rng.randrange(len(shape))
+            plan.append((i, rng.randrange(shape[i]), rng.choices(range(3), (6, 1, 2))[0]))
+
+    def updates(messages: list[tuple[MessageRecord, list[str]]]) -> list[ReceiptUpdate]:
+        out = []
+        for step in plan:
+            if step is None:
+                out.append(_receipt(_smsc_id()))
+            else:
+                i, j, k = step
+                out.append(_receipt(messages[i][1][j], *statuses[k]))
+        return out
+
+    def normalised(
+        outcomes: list[ReceiptOutcome], messages: list[tuple[MessageRecord, list[str]]]
+    ) -> list[tuple[object, ...]]:
+        index = {rec.id: i for i, (rec, _) in enumerate(messages)}
+        return [
+            (None if o.message_id is None else index[o.message_id], o.part_no,
+             o.message_status, o.duplicate)
+            for o in outcomes
+        ]
+
+    batched, one_by_one = twins
+    out_batched = await store.apply_receipts(updates(batched))
+    out_single = [o for u in updates(one_by_one) for o in await store.apply_receipts([u])]
+    assert normalised(out_batched, batched) == normalised(out_single, one_by_one)
+    assert await _snapshot(store, pg_pool, [r.id for r, _ in batched]) == await _snapshot(
+        store, pg_pool, [r.id for r, _ in one_by_one]
+    )
 
 
 async def test_bad_receipt_status_is_rejected(store: MessageStore) -> None:
