@@ -114,9 +114,7 @@ class Gateway:
         self.enqueuer.start()
         self.intake = Intake(store=self.store, queue=self.enqueuer, renderer=renderer,
                              sending=cfg.sending)
-        self._worker = build_worker(redis=self.redis, redis_cfg=cfg.redis, sending=cfg.sending,
-                                    ctx={"sender": self.sender})
-        self._worker_task = asyncio.create_task(self._worker.async_run(), name="arq-worker")
+        self._worker_task = asyncio.create_task(self._run_worker(), name="arq-worker")
         self._sweeper_task = asyncio.create_task(self._sweep_forever(), name="sweeper")
         if self._http_enabled:
             app = create_app(intake=self.intake, store=self.store,
@@ -129,6 +127,27 @@ class Gateway:
             sockets = getattr(site._server, "sockets", None) or []
             self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port
             log.info("HTTP API on http://%s:%s", cfg.http.host, self.http_port)
+
+    async def _run_worker(self) -> None:
+        """Run the arq worker; if Redis fails under it, log, wait and start a new one."""
+        assert self.redis is not None and self.sender is not None
+        delay = 0.5
+        while True:
+            self._worker = build_worker(redis=self.redis, redis_cfg=self.config.redis,
+                                        sending=self.config.sending, ctx={"sender": self.sender})
+            started = time.monotonic()
+            try:
+                await self._worker.async_run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down or restarted: keep retrying, never give up
+                if time.monotonic() - started > 30:
+                    delay = 0.5
+                log.error("arq worker stopped (%s: %s); restarting in %.1fs",
+                          type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
 
     async def _on_deliver(self, pdu: Any) -> int:
         assert self.sender is not None

@@ -73,14 +73,15 @@ async def make_stack(fresh_pg_dsn: str, redis_dsn: str) -> AsyncIterator[MakeSta
     made: list[tuple[Gateway, SmscSimulator, aiohttp.ClientSession]] = []
 
     async def factory(sim: dict[str, Any] | None = None, smpp: dict[str, Any] | None = None,
-                      sending: dict[str, Any] | None = None) -> Stack:
+                      sending: dict[str, Any] | None = None, redis: str | None = None) -> Stack:
         simulator = SmscSimulator(SimulatorConfig(port=0, receipt_delay_s=0.05, **(sim or {})))
         await simulator.start()
         smpp_cfg = {"port": simulator.port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2,
                     "response_timeout_s": 5.0, **(smpp or {})}
         cfg = Config(
             database=DatabaseConfig(dsn=fresh_pg_dsn),
-            redis=RedisConfig(dsn=redis_dsn, queue_name=f"smsgw:test:{uuid.uuid4().hex}"),
+            redis=RedisConfig(dsn=redis or redis_dsn,
+                              queue_name=f"smsgw:test:{uuid.uuid4().hex}"),
             http=HttpConfig(port=0),
             smpp=SmppConfig(**smpp_cfg),
             sending=SendingConfig(**{"sweep_interval_s": 3600.0, **(sending or {})}),
@@ -389,3 +390,57 @@ async def test_permanent_errors_reject_or_fail_with_a_reason(make_stack: MakeSta
     assert "ESME_RINVDSTADR" in (await st.get(refused["id"]))["last_error"]
     rec = await st.gw.store.get(bad.id)
     assert rec is not None and rec.last_error and "cannot encode" in rec.last_error
+
+
+def _redis_server(port: int) -> Any:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    import redis as sync_redis
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            sync_redis.Redis(port=port).ping()
+            return proc
+        except Exception:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("throwaway redis-server did not start")
+
+
+async def test_redis_restart_mid_run_loses_nothing(make_stack: MakeStack) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = _redis_server(port)
+    try:
+        st = await make_stack(sending={"sweep_interval_s": 0.3, "stale_queued_s": 0.5},
+                              redis=f"redis://127.0.0.1:{port}/0")
+        first = [(await st.send(to=n, text=f"before {i}"))["id"]
+                 for i, n in enumerate(_numbers(10))]
+        assert set((await st.wait_terminal(first)).values()) == {"delivered"}
+        server.kill()
+        server.wait()
+        during_numbers = _numbers(10, start=500)
+        during = [(await st.send(to=n, text=f"during {i}"))["id"]
+                  for i, n in enumerate(during_numbers)]  # stored in Postgres; enqueue fails
+        async with st.http.get(f"{st.base}/healthz") as resp:
+            body = await resp.json()
+            assert resp.status == 503 and body["redis"] is False
+        await asyncio.sleep(1.0)
+        server = _redis_server(port)  # an empty Redis: every queued job is gone
+        statuses = await st.wait_terminal(during, timeout=30)
+        assert set(statuses.values()) == {"delivered"}
+        assert st.sim.duplicates() == {}
+        for i, n in enumerate(during_numbers):
+            assert st.sim.messages("84" + n[1:]) == [f"during {i}"]
+    finally:
+        server.kill()
+        server.wait()
