@@ -294,14 +294,24 @@ async def test_job_run_twice_submits_once(make_stack: MakeStack) -> None:
     assert st.sim.messages("84" + to[1:]) == ["at least once, sent once"]
 
 
-async def test_health_reports_unbound_when_smsc_is_gone(make_stack: MakeStack) -> None:
+async def test_smsc_unbinds_then_returns(make_stack: MakeStack) -> None:
     st = await make_stack()
-    await st.sim.stop()
+    port = st.sim.port
+    await st.sim.stop()  # the SMSC sends unbind; we answer unbind_resp and start reconnecting
     await asyncio.sleep(0.3)
     async with st.http.get(f"{st.base}/healthz") as resp:
         body = await resp.json()
         assert resp.status == 503
         assert body["smpp"]["bound"] is False and body["postgres"] is True
+    [to] = _numbers(1)
+    data = await st.send(to=to, text="queued while the SMSC was away")
+    st.sim = SmscSimulator(SimulatorConfig(port=port, receipt_delay_s=0.05))
+    await st.sim.start()
+    try:
+        assert (await st.wait_terminal([data["id"]]))[data["id"]] == "delivered"
+        assert st.sim.messages("84" + to[1:]) == ["queued while the SMSC was away"]
+    finally:
+        await st.sim.stop()
 
 
 async def test_transmitter_receiver_pair(make_stack: MakeStack) -> None:
