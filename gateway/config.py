@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -43,13 +44,26 @@ class HttpConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SmppConfig:
+    """One SMSC link. ``[smpp]`` gives the defaults; each ``[[smsc]]`` entry overrides them."""
+
+    name: str = "default"
     host: str = "127.0.0.1"
     port: int = 2775
     system_id: str = "smsgw"
     password: str = "secret"
     system_type: str = ""
     bind_mode: str = "trx"  # "trx" (one transceiver) or "tx+rx" (a transmitter and a receiver)
+    binds: int = 1  # binds (transceivers, or transmitter+receiver pairs) on this link
     window: int = 10  # outstanding submit_sm per bind
+    tps: float = 0.0  # segments per second for the whole link; 0 = no limit of ours
+    account: str = ""  # carrier account shared by links/processes; "" = the link's name
+    account_tps: float = 0.0  # segments/s for the account, shared via Redis; 0 = none
+    default_sender: str = ""  # sender for messages routed here without one; "" = sending's
+    tls: bool = False
+    tls_verify: bool = True
+    tls_ca_file: str = ""
+    # SMPP statuses after which the message is tried on the next link of its route
+    failover_statuses: tuple[int, ...] = (0x0A, 0x0B, 0x0D, 0x0F)
     enquire_link_s: float = 30.0
     response_timeout_s: float = 30.0
     bind_timeout_s: float = 30.0
@@ -61,17 +75,21 @@ class SmppConfig:
     dest_ton: int = 1  # international
     dest_npi: int = 1  # E.164
     registered_delivery: int = 1  # ask for a receipt
-    # Receipt matching: "auto" also tries the id read in the other base (hex <-> decimal), for
-    # carriers that answer submit_sm in one base and write receipts in the other; "exact"
-    # matches the id only as written.
+    # Receipt matching: "exact" = receipts carry the id as submit_sm_resp gave it; "hex" =
+    # receipts write it in hex while responses are decimal; "decimal" = the other way round;
+    # "auto" = try the id as written and read in the other base.
     message_id_format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.bind_mode not in ("trx", "tx+rx"):
             raise ConfigError(f"smpp.bind_mode must be 'trx' or 'tx+rx', not {self.bind_mode!r}")
-        if self.message_id_format not in ("auto", "exact"):
-            raise ConfigError("smpp.message_id_format must be 'auto' or 'exact', "
-                              f"not {self.message_id_format!r}")
+        if self.message_id_format not in ("auto", "exact", "hex", "decimal"):
+            raise ConfigError("smpp.message_id_format must be 'auto', 'exact', 'hex' or "
+                              f"'decimal', not {self.message_id_format!r}")
+        if self.binds < 1:
+            raise ConfigError(f"smsc {self.name!r}: binds must be at least 1")
+        if self.tps < 0 or self.account_tps < 0:
+            raise ConfigError(f"smsc {self.name!r}: tps and account_tps must be ≥ 0")
         if not 1 <= self.window <= 1000:
             raise ConfigError(f"smpp.window must be between 1 and 1000, not {self.window}")
 
@@ -93,6 +111,7 @@ class SendingConfig:
     stale_submitting_s: float = 120.0  # submitting rows older than this are ambiguous
     batch_size: int = 200  # message ids per arq job from the sweeper
     worker_max_jobs: int = 500
+    receipt_timeout_s: float = 172800.0  # no receipt after this → expired (with an event)
 
     def __post_init__(self) -> None:
         if self.ambiguous_policy not in ("resend", "fail"):
@@ -107,6 +126,29 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    """One routing rule; the first rule that matches a message gives its ordered links."""
+
+    prefixes: tuple[str, ...] = ()  # E.164 digit prefixes, e.g. ("8496", "8497"); () = any
+    pattern: str = ""  # regular expression on the E.164 digits; "" = any
+    message_class: str = ""  # "care", "advertising" or "" = any
+    sender: str = ""  # exact sender; "" = any
+    links: tuple[str, ...] = ()  # tried in order: the next one when a link is down or refuses
+
+    def __post_init__(self) -> None:
+        if not self.links:
+            raise ConfigError("every [[route]] needs links = [\"name\", ...]")
+        if self.message_class not in ("", "care", "advertising"):
+            raise ConfigError(f"route class must be care or advertising, not "
+                              f"{self.message_class!r}")
+        if self.pattern:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ConfigError(f"route pattern {self.pattern!r} is not a regex: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -114,12 +156,39 @@ class Config:
     smpp: SmppConfig = field(default_factory=SmppConfig)
     sending: SendingConfig = field(default_factory=SendingConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    #: the SMSC links; empty = one link made of [smpp]
+    smsc: tuple[SmppConfig, ...] = ()
+    route: tuple[RouteConfig, ...] = ()
+
+    @property
+    def links(self) -> tuple[SmppConfig, ...]:
+        return self.smsc or (self.smpp,)
+
+    def __post_init__(self) -> None:
+        names = [link.name for link in self.links]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"[[smsc]] names must be unique: {', '.join(names)}")
+        for rule in self.route:
+            unknown = [n for n in rule.links if n not in names]
+            if unknown:
+                raise ConfigError(f"[[route]] names unknown link(s) {', '.join(unknown)}; "
+                                  f"links are {', '.join(names)}")
 
 
-_SECTIONS: Mapping[str, type[Any]] = typing.get_type_hints(Config)
+_SECTIONS: Mapping[str, type[Any]] = {
+    k: v for k, v in typing.get_type_hints(Config).items() if k not in ("smsc", "route")}
+_ARRAYS: Mapping[str, type[Any]] = {"smsc": SmppConfig, "route": RouteConfig}
+_ARRAY_KEYS = {"route": {"class": "message_class"}}
 
 
 def _coerce(section: str, key: str, raw: Any, kind: Any, source: str) -> Any:
+    if typing.get_origin(kind) is tuple:
+        (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+        if isinstance(raw, str):
+            raw = [x.strip() for x in raw.split(",") if x.strip()]
+        if not isinstance(raw, list | tuple):
+            raise ConfigError(f"{source}: {section}.{key} must be a list, got {raw!r}")
+        return tuple(_coerce(section, key, x, item, source) for x in raw)
     kind = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, kind)
     try:
         if kind is bool:
@@ -142,37 +211,69 @@ def _coerce(section: str, key: str, raw: Any, kind: Any, source: str) -> Any:
                       f"got {raw!r}")
 
 
-def load_config(path: str | Path | None = None,
-                env: Mapping[str, str] | None = None) -> Config:
-    """Read TOML at ``path`` (None: defaults only) and apply ``SMSGW_*`` overrides."""
-    env = os.environ if env is None else env
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {p} does not exist; copy config.example.toml") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
-    unknown = set(data) - set(_SECTIONS)
+def _read_toml(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {p} does not exist; copy config.example.toml") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    unknown = set(data) - set(_SECTIONS) - set(_ARRAYS)
     if unknown:
         raise ConfigError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))}")
-    sections: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        values = dict(data.get(name, {}))
-        hints = typing.get_type_hints(cls)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        bad = set(values) - fields
-        if bad:
-            raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(sorted(bad))}")
-        for key in list(values):
-            values[key] = _coerce(name, key, values[key], hints[key], str(path))
+    return data
+
+
+def _build(cls: type[Any], label: str, values: Mapping[str, Any], source: str,
+           env: Mapping[str, str], env_prefix: str | None,
+           base: Mapping[str, Any] | None = None) -> Any:
+    """One dataclass from TOML values, then ``<env_prefix>_<KEY>`` environment overrides."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    bad = set(values) - fields
+    if bad:
+        raise ConfigError(f"unknown key(s) in {label}: {', '.join(sorted(bad))}")
+    where = label.replace("[", "").replace("]", "").replace(" #", "#")  # "smpp", "smsc#2"
+    out = {k: _coerce(where, k, v, hints[k], source) for k, v in values.items()}
+    if env_prefix is not None:
         for key in fields:
-            var = f"SMSGW_{name}_{key}".upper()
+            var = f"{env_prefix}_{key}".upper()
             if var in env:
-                values[key] = _coerce(name, key, env[var], hints[key], f"environment {var}")
-        sections[name] = cls(**values)
+                out[key] = _coerce(where, key, env[var], hints[key], f"environment {var}")
+    return cls(**{**(base or {}), **out})
+
+
+def load_config(path: str | Path | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Read TOML at ``path`` (None: defaults only) and apply ``SMSGW_*`` overrides.
+
+    ``[[smsc]]`` entries start from ``[smpp]`` and take ``SMSGW_SMSC_<NAME>_<KEY>`` overrides
+    (NAME upper-cased, other characters as ``_``), e.g. ``SMSGW_SMSC_VIETTEL_1_PASSWORD``.
+    """
+    env = os.environ if env is None else env
+    data = _read_toml(path)
+    source = str(path)
+    sections: dict[str, Any] = {
+        name: _build(cls, f"[{name}]", dict(data.get(name, {})), source, env, f"SMSGW_{name}")
+        for name, cls in _SECTIONS.items()}
+    base = dataclasses.asdict(sections["smpp"])
+    for name, cls in _ARRAYS.items():
+        entries = data.get(name, [])
+        if not isinstance(entries, list):
+            raise ConfigError(f"{path}: use [[{name}]] (an array of tables) for {name}")
+        built = []
+        for i, entry in enumerate(entries, start=1):
+            values = {_ARRAY_KEYS.get(name, {}).get(k, k): v for k, v in entry.items()}
+            prefix = None
+            if name == "smsc":
+                tag = re.sub(r"[^A-Za-z0-9]", "_", str(values.get("name", i)))
+                prefix = f"SMSGW_SMSC_{tag}"
+            built.append(_build(cls, f"[[{name}]] #{i}", values, source, env, prefix,
+                                base if name == "smsc" else None))
+        sections[name] = tuple(built)
     return Config(**sections)
 
 
@@ -181,6 +282,7 @@ def describe_defaults() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, cls in _SECTIONS.items():
         inst = cls()
-        out[name] = {f.name: getattr(inst, f.name) for f in dataclasses.fields(cls)}
+        out[name] = {f.name: (list(v) if isinstance(v := getattr(inst, f.name), tuple) else v)
+                     for f in dataclasses.fields(cls)}
     return out
 

@@ -99,7 +99,7 @@ async def run_demo(cfg: Config) -> int:
         _, plaintext = await keys.create(key_name, ("messages:send",))
         print(f"SMSC simulator on 127.0.0.1:{sim.port}; gateway HTTP on "
               f"http://127.0.0.1:{gw.http_port}")
-        if not await gw.client.wait_bound(10) if gw.client else True:
+        if not await gw.wait_bound(10):
             print("the gateway could not bind to the simulator", flush=True)
             return 1
         renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms",

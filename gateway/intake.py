@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import SendingConfig
-from gateway.domain import MessageClass, Priority
+from gateway.domain import Encoding, MessageClass, Priority
 from gateway.masking import mask_msisdn
 from gateway.numbers import InvalidNumber, normalise_msisdn
 from gateway.queue import BatchingEnqueuer
-from gateway.smpp.encoding import analyse, khong_dau, normalise
+from gateway.smpp.encoding import TextInfo, analyse, encode_message, khong_dau, normalise
 from gateway.store.messages import MessageRecord, MessageStore, NewMessage
 from gateway.templating import TemplateError, TemplateRenderer
 
@@ -25,6 +25,14 @@ log = logging.getLogger("smsgw.intake")
 
 MAX_SEGMENTS = 10
 _SENDER_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_. ")
+
+
+def analyse_ucs2(text: str) -> TextInfo:
+    """Counts for ``text`` sent as UCS-2 although GSM-7 could carry it (data_coding 8)."""
+    enc = encode_message(text, ref=0, force_ucs2=True)
+    units = len(enc.text.encode("utf-16-be")) // 2
+    return TextInfo(encoding=enc.encoding, segments=enc.segments, units=units,
+                    ucs2_chars=enc.ucs2_chars)
 
 
 class IntakeError(Exception):
@@ -47,6 +55,9 @@ class SendRequest:
     idempotency_key: str | None = None
     khong_dau: bool = False
     message_class: MessageClass | None = None
+    #: per-message SMPP options (validity_s, registered_delivery, priority_flag, data_coding,
+    #: source_ton, source_npi), already range-checked by the HTTP layer
+    options: Mapping[str, int] = field(default_factory=dict)
 
 
 def check_sender(sender: str) -> str:
@@ -101,7 +112,12 @@ class Intake:
                                     f"{exc.reason}") from exc
         body, message_class, template_sender = self._body(req)
         sender = check_sender(req.sender or template_sender or self._sending.default_sender)
+        if req.options.get("data_coding") == 0 and analyse(body).encoding is not Encoding.GSM7:
+            raise IntakeError("data_coding", "0 (GSM 7-bit) cannot carry this text; use "
+                                             "khong_dau, or data_coding 8")
         info = analyse(body)
+        if req.options.get("data_coding") == 8 and info.encoding is Encoding.GSM7:
+            info = analyse_ucs2(body)
         if info.segments > MAX_SEGMENTS:
             raise IntakeError("text", f"is {info.segments} SMS parts long ({info.encoding}, "
                                       f"{info.units} units); the limit is {MAX_SEGMENTS}")
@@ -112,7 +128,8 @@ class Intake:
             segments=info.segments, message_class=message_class,
             priority=Priority.CARE if message_class is MessageClass.CARE else Priority.BULK,
             template=req.template, khong_dau=req.khong_dau,
-            idempotency_key=req.idempotency_key, api_key_id=api_key_id))
+            idempotency_key=req.idempotency_key, api_key_id=api_key_id,
+            options=dict(req.options)))
         if created:
             log.info("message %s to %s queued (%s, %d part(s))", record.id, mask_msisdn(msisdn),
                      info.encoding.value, info.segments)

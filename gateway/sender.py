@@ -1,12 +1,24 @@
-"""The send pipeline between the arq jobs and the SMPP binds.
+"""The send pipeline between the arq jobs and the SMSC links.
 
 ``send_ids`` claims queued rows (queued → submitting; a row another run already claimed is
-skipped, which is what makes an at-least-once job re-run harmless), submits every part
-through the window, and hands the outcome to :class:`~gateway.ledger.LedgerWriter`, which
-batches ledger writes so Postgres is not one round trip per PDU.
+skipped, which is what makes an at-least-once job re-run harmless) — only as many as the
+links can take soon — routes each message to its links, submits every part and hands the
+outcome to :class:`~gateway.ledger.LedgerWriter`, which batches ledger writes.
 
-Receipts arriving on any bind go through :meth:`Sender.on_deliver`; the deliver_sm is
-acknowledged only after the receipt is in Postgres (matched, or kept in pending_receipts).
+Per part, the SMSC's answer is classified:
+
+* ROK → accepted;
+* throttling (``ESME_RTHROTTLED``/``ESME_RMSGQFUL``) never reaches here: the link resends it
+  in order after cutting its rate;
+* a status in the link's ``failover_statuses`` before any part was accepted → next link;
+* a transient status → retried with backoff, up to ``max_attempts`` and half of
+  ``stale_submitting_s``; then the message goes back to the queue (failed after
+  ``max_attempts`` claims);
+* anything else → the message is ``rejected`` with the status name;
+* no answer (connection lost, response timeout) → ``ambiguous_policy``.
+
+Receipts arriving on a link go through :meth:`Sender.on_deliver`; the ``deliver_sm`` is
+acknowledged only once the receipt is in Postgres. MO messages go to the MO handler.
 """
 
 from __future__ import annotations
@@ -15,7 +27,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -26,15 +38,12 @@ from gateway.config import SendingConfig, SmppConfig
 from gateway.domain import MessageStatus
 from gateway.ledger import LedgerWriter
 from gateway.masking import mask_msisdn
-from gateway.smpp.client import Ambiguous, EsmeClient, NotSent, SubmitResult, Unsendable
+from gateway.routing import Router
+from gateway.smpp.client import Ambiguous, NotSent, SubmitResult, Unsendable
 from gateway.smpp.codec import Pdu, status_name
 from gateway.smpp.encoding import encode_message
-from gateway.smpp.receipts import (
-    canonical_id,
-    id_candidates,
-    message_status_for,
-    parse_receipt,
-)
+from gateway.smpp.link import Link
+from gateway.smpp.receipts import canonical_id, id_candidates, message_status_for, parse_receipt
 from gateway.store.messages import MessageRecord, MessageStore, ReceiptUpdate
 from gateway.store.messages import SubmitResult as LedgerResult
 
@@ -44,38 +53,72 @@ OK: int = consts.SMPP_ESME_ROK
 
 #: SMPP statuses worth another try on the same link (everything else rejects the message).
 TRANSIENT_STATUSES = frozenset({
-    consts.SMPP_ESME_RTHROTTLED, consts.SMPP_ESME_RMSGQFUL, consts.SMPP_ESME_RSYSERR,
-    consts.SMPP_ESME_RSUBMITFAIL, consts.SMPP_ESME_RX_T_APPN, consts.SMPP_ESME_RUNKNOWNERR,
+    consts.SMPP_ESME_RSYSERR, consts.SMPP_ESME_RSUBMITFAIL, consts.SMPP_ESME_RX_T_APPN,
+    consts.SMPP_ESME_RUNKNOWNERR, consts.SMPP_ESME_RTHROTTLED, consts.SMPP_ESME_RMSGQFUL,
 })
+
+MoHandler = Callable[[Pdu, str], Awaitable[int]]
 
 
 @dataclass(frozen=True, slots=True)
-class _Accepted:
-    result: SubmitResult
-    resent: bool  # accepted after an ambiguous first try: the SMSC may hold two copies
+class _Part:
+    """What became of one part: ``kind`` is accepted, requeue, failed, rejected or failover."""
+
+    kind: str
+    result: SubmitResult | None = None
+    error: str = ""
+    resent: bool = False  # accepted after an ambiguous first try: the SMSC may hold two
+
+
+def relative_validity(seconds: int) -> str:
+    """SMPP relative time format ``YYMMDDhhmmss000R`` for a validity of ``seconds``."""
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    years, days = divmod(days, 365)
+    months, days = divmod(days, 30)
+    return f"{years:02d}{months:02d}{days:02d}{hours:02d}{minutes:02d}{secs:02d}000R"
+
+
+def receipt_candidates(raw: str, fmt: str) -> tuple[str, ...]:
+    """The stored (canonical submit_sm_resp) forms a receipt's id may match, per link format."""
+    cid = canonical_id(raw)
+    if fmt == "exact" or not cid:
+        return (cid,)
+    if fmt == "auto":
+        return id_candidates(raw)
+    try:  # "hex": receipts in hex, responses decimal; "decimal": the other way round
+        return (str(int(cid, 16)),) if fmt == "hex" else (format(int(cid, 10), "x"),)
+    except ValueError:
+        return (cid,)
 
 
 class Sender:
-    """Claims messages, submits their parts, records outcomes; handles receipts."""
+    """Claims messages, routes and submits their parts, records outcomes; handles receipts."""
 
-    def __init__(self, *, store: MessageStore, client: EsmeClient, ledger: LedgerWriter,
-                 smpp: SmppConfig, sending: SendingConfig) -> None:
+    def __init__(self, *, store: MessageStore, links: Mapping[str, Link], router: Router,
+                 ledger: LedgerWriter, sending: SendingConfig,
+                 on_mo: MoHandler | None = None) -> None:
         self._store = store
-        self._client = client
+        self._links = links
+        self._router = router
         self._ledger = ledger
-        self._smpp = smpp
         self._sending = sending
+        self._on_mo = on_mo
         self._ref = random.randrange(256)
         self.submitted_parts = 0
         # Messages claimed (status submitting) but not yet recorded, across every job. Claiming
         # only what the windows can take soon keeps the "submitting" (ambiguous-if-we-crash)
         # set small and its age far below sending.stale_submitting_s.
-        binds = max(1, sum(1 for b in client.binds if b.mode.value != "receiver"))
-        self.capacity = max(10, smpp.window * binds * 2)
+        slots = sum(link.config.window * len(link.client.binds) for link in links.values())
+        self.capacity = max(10, slots * 2)
         self._free = self.capacity
         self._freed = asyncio.Condition()
 
-    # -- sending ---------------------------------------------------------------------------
+    def set_mo_handler(self, handler: MoHandler | None) -> None:
+        self._on_mo = handler
+
+    # -- claiming ----------------------------------------------------------------------------
     async def send_ids(self, ids: Sequence[UUID]) -> int:
         """Send the given messages if still queued; returns how many this run claimed."""
         claimed_total = 0
@@ -109,129 +152,159 @@ class Sender:
         finally:
             await self._release(1)
 
+    # -- one message -------------------------------------------------------------------------
     def _next_ref(self) -> int:
         self._ref = (self._ref + 1) % 256
         return self._ref
 
-    def _params(self, rec: MessageRecord, part: bytes, data_coding: int,
+    @staticmethod
+    def _params(rec: MessageRecord, link: SmppConfig, part: bytes, data_coding: int,
                 esm_class: int) -> dict[str, Any]:
-        cfg = self._smpp
+        opts = rec.options
         numeric = rec.sender.isdigit()
-        return {
+        ton = 1 if numeric and len(rec.sender) > 8 else (3 if numeric else link.source_ton)
+        params: dict[str, Any] = {
             "source_addr": rec.sender,
-            "source_addr_ton": 1 if numeric and len(rec.sender) > 8 else (
-                3 if numeric else cfg.source_ton),
-            "source_addr_npi": 1 if numeric else cfg.source_npi,
+            "source_addr_ton": int(opts.get("source_ton", ton)),
+            "source_addr_npi": int(opts.get("source_npi", 1 if numeric else link.source_npi)),
             "destination_addr": rec.msisdn,
-            "dest_addr_ton": cfg.dest_ton,
-            "dest_addr_npi": cfg.dest_npi,
+            "dest_addr_ton": link.dest_ton,
+            "dest_addr_npi": link.dest_npi,
             "esm_class": esm_class,
-            "registered_delivery": cfg.registered_delivery,
+            "registered_delivery": int(opts.get("registered_delivery",
+                                                link.registered_delivery)),
+            "priority_flag": int(opts.get("priority_flag", 0)),
             "data_coding": data_coding,
             "short_message": part,
         }
+        if opts.get("validity_s"):
+            params["validity_period"] = relative_validity(int(opts["validity_s"]))
+        return params
 
     async def _send_message(self, rec: MessageRecord) -> None:
         # The body was stored in its final form (không dấu already applied at intake).
+        link_used: str | None = None
         try:
-            enc = encode_message(rec.body, ref=self._next_ref())
-            outcomes: list[_Accepted | str] = list(await asyncio.gather(
-                *(self._send_part(rec, self._params(rec, p, enc.data_coding, enc.esm_class))
-                  for p in enc.parts)))
+            enc = encode_message(rec.body, ref=self._next_ref(),
+                                 force_ucs2=rec.options.get("data_coding") == 8)
+            outcomes: list[_Part] = []
+            for name in self._router.links_for(rec.msisdn, rec.message_class.value, rec.sender):
+                link = self._links[name]
+                link_used = name
+                outcomes = await self._send_on_link(rec, link, enc.parts, enc.data_coding,
+                                                    enc.esm_class)
+                if not any(o.kind == "failover" for o in outcomes):
+                    break
+                log.info("message %s: link %s refused it (%s); trying the next link", rec.id,
+                         name, next(o.error for o in outcomes if o.kind == "failover"))
         except Exception as exc:  # our bug: never leave the row in 'submitting' silently
             log.exception("message %s: unexpected error while sending", rec.id)
-            outcomes = [f"requeue:internal error {type(exc).__name__}: {exc}"]
-        errors = [o for o in outcomes if isinstance(o, str)]
-        if not errors:
-            accepted = [o for o in outcomes if isinstance(o, _Accepted)]
-            ids = tuple(o.result.message_id for o in accepted)
-            resent = sum(1 for o in accepted if o.resent)
+            outcomes = [_Part("requeue", error=f"internal error {type(exc).__name__}: {exc}")]
+        await self._ledger.record(self._result(rec, outcomes, link_used))
+
+    async def _send_on_link(self, rec: MessageRecord, link: Link, parts: Sequence[bytes],
+                            data_coding: int, esm_class: int) -> list[_Part]:
+        if not link.up and len(self._links) > 1 and any(
+                other.up for other in self._links.values() if other is not link):
+            return [_Part("failover", error=f"link {link.name} is down")]
+        first = await self._send_part(rec, link, self._params(
+            rec, link.config, parts[0], data_coding, esm_class), failover_ok=True)
+        if first.kind != "accepted":
+            return [first]
+        rest = await asyncio.gather(*(
+            self._send_part(rec, link, self._params(rec, link.config, p, data_coding, esm_class),
+                            failover_ok=False) for p in parts[1:]))
+        return [first, *rest]
+
+    def _result(self, rec: MessageRecord, outcomes: list[_Part], link: str | None
+                ) -> LedgerResult:
+        failed = [o for o in outcomes if o.kind != "accepted"]
+        if outcomes and not failed:
+            ids = tuple(canonical_id(o.result.message_id) for o in outcomes if o.result)
+            resent = sum(1 for o in outcomes if o.resent)
             note = (f"ambiguous: {resent} part(s) resent after a lost response "
                     "(ambiguous_policy=resend; the subscriber may receive them twice)"
                     if resent else None)
-            result = LedgerResult(message_id=rec.id, status=MessageStatus.SUBMITTED,
-                                  part_ids=tuple(canonical_id(i) for i in ids), error=note)
-        else:
-            status, error = self._classify_failure(errors)
-            if status is MessageStatus.QUEUED and rec.attempts >= self._sending.max_attempts:
-                status = MessageStatus.FAILED
-                error = f"gave up after {rec.attempts} attempts: {error}"
-            result = LedgerResult(message_id=rec.id, status=status, error=error)
-            log.info("message %s to %s: %s (%s)", rec.id, mask_msisdn(rec.msisdn),
-                     status.value, error)
-        await self._ledger.record(result)
+            return LedgerResult(message_id=rec.id, status=MessageStatus.SUBMITTED,
+                                part_ids=ids, error=note, link=link)
+        worst = failed[0] if failed else _Part("requeue", error="no link to send it on")
+        status = {"requeue": MessageStatus.QUEUED, "failed": MessageStatus.FAILED}.get(
+            worst.kind, MessageStatus.REJECTED)
+        error = worst.error
+        if status is MessageStatus.QUEUED and rec.attempts >= self._sending.max_attempts:
+            status, error = MessageStatus.FAILED, f"gave up after {rec.attempts} attempts: {error}"
+        log.info("message %s to %s: %s (%s)", rec.id, mask_msisdn(rec.msisdn), status.value,
+                 error)
+        return LedgerResult(message_id=rec.id, status=status, error=error, link=link)
 
-    @staticmethod
-    def _classify_failure(errors: list[str]) -> tuple[MessageStatus, str]:
-        first = errors[0]
-        if first.startswith("requeue:"):
-            return MessageStatus.QUEUED, first.removeprefix("requeue:")
-        if first.startswith("failed:"):
-            return MessageStatus.FAILED, first.removeprefix("failed:")
-        return MessageStatus.REJECTED, first
-
-    async def _send_part(self, rec: MessageRecord, params: dict[str, Any]) -> _Accepted | str:
-        """Submit one part, retrying what is safe to retry; a str outcome is an error."""
-        deadline = time.monotonic() + self._sending.stale_submitting_s / 2
-        attempt = 0
-        ambiguous = False
-        delay = 0.1
+    async def _send_part(self, rec: MessageRecord, link: Link, params: dict[str, Any], *,
+                         failover_ok: bool) -> _Part:
+        """Submit one part on ``link``, retrying what is safe to retry."""
+        budget = self._sending.stale_submitting_s / 2
+        deadline = time.monotonic() + budget
+        attempt, delay, ambiguous = 0, 0.1, False
         while True:
             attempt += 1
+            wait = max(0.5, deadline - time.monotonic())
             try:
-                res = await self._client.submit(params)
+                res = await link.submit(params, priority=rec.priority, wait_s=wait)
             except NotSent as exc:
-                if time.monotonic() > deadline:
-                    return f"requeue:not sent: {exc}"
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
-                continue
+                return _Part("requeue", error=f"not sent: {exc}")
             except Unsendable as exc:
-                return f"failed:cannot encode the submit_sm: {exc}"
+                return _Part("failed", error=f"cannot encode the submit_sm: {exc}")
             except Ambiguous as exc:
                 if self._sending.ambiguous_policy == "fail":
-                    return f"failed:ambiguous (policy fail): {exc}"
+                    return _Part("failed", error=f"ambiguous (policy fail): {exc}")
                 log.warning("message %s: %s; resending (ambiguous_policy=resend)", rec.id, exc)
                 ambiguous = True
                 if time.monotonic() > deadline:
-                    return f"requeue:ambiguous: {exc}"
+                    return _Part("requeue", error=f"ambiguous: {exc}")
                 continue
             if res.ok:
                 self.submitted_parts += 1
-                return _Accepted(res, ambiguous)
-            name = status_name(res.status)
-            if res.status in TRANSIENT_STATUSES and attempt < self._sending.max_attempts * 4 \
-                    and time.monotonic() < deadline:
-                await asyncio.sleep(delay if res.status not in (
-                    consts.SMPP_ESME_RTHROTTLED, consts.SMPP_ESME_RMSGQFUL) else 0)
-                delay = min(2.0, delay * 2)
-                continue
+                return _Part("accepted", result=res, resent=ambiguous)
+            name = f"{status_name(res.status)} (0x{res.status:08X}) on link {link.name}"
+            if failover_ok and res.status in link.config.failover_statuses:
+                return _Part("failover", error=name)
             if res.status in TRANSIENT_STATUSES:
-                return f"requeue:{name} after {attempt} attempts"
-            return f"{name} (0x{res.status:08X})"
+                if attempt < self._sending.max_attempts and time.monotonic() < deadline:
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+                    continue
+                return _Part("requeue", error=f"{name} after {attempt} attempts")
+            return _Part("rejected", error=name)
 
     # -- receiving -------------------------------------------------------------------------
-    async def on_deliver(self, pdu: Pdu) -> int:
-        """deliver_sm handler: receipts into the ledger; MO logged (keywords come later)."""
+    def deliver_handler(self, link: SmppConfig) -> Callable[[Pdu], Awaitable[int]]:
+        """The deliver_sm handler for the binds of ``link``."""
+
+        async def handle(pdu: Pdu) -> int:
+            return await self.on_deliver(pdu, link=link)
+
+        return handle
+
+    async def on_deliver(self, pdu: Pdu, *, link: SmppConfig) -> int:
+        """Receipts into the ledger; MO to the MO handler (stored before it is acknowledged)."""
         esm = int(pdu.get("esm_class", 0) or 0)
         is_receipt = bool(esm & 0x04) or pdu.get("receipted_message_id") is not None
         if not is_receipt:
-            log.info("MO from %s (%d octets) acknowledged", mask_msisdn(pdu.text("source_addr")),
-                     len(pdu.get("short_message") or b""))
+            if self._on_mo is not None:
+                return await self._on_mo(pdu, link.name)
+            log.info("MO from %s (%d octets) acknowledged, no MO handler",
+                     mask_msisdn(pdu.text("source_addr")), len(pdu.get("short_message") or b""))
             return OK
         sm = pdu.get("short_message") or pdu.get("message_payload") or b""
         receipt = parse_receipt(sm, receipted_message_id=pdu.get("receipted_message_id"),
                                 message_state=pdu.get("message_state"))
         if receipt is None:
-            log.warning("unparseable receipt from SMSC (%d octets); acknowledged", len(sm))
+            log.warning("unparseable receipt on link %s (%d octets); acknowledged", link.name,
+                        len(sm))
             return OK
         status = message_status_for(receipt.state)
         if status is None:  # ENROUTE / ACCEPTD: intermediate, nothing to record
             return OK
-        candidates = (id_candidates(receipt.message_id) if self._smpp.message_id_format == "auto"
-                      else (canonical_id(receipt.message_id),))
         await self._ledger.receipt(ReceiptUpdate(
-            candidates=candidates, status=status,
-            stat=receipt.state.value, err=receipt.error,
+            candidates=receipt_candidates(receipt.message_id, link.message_id_format),
+            status=status, stat=receipt.state.value, err=receipt.error,
             raw=sm.decode("latin-1") if isinstance(sm, bytes) else str(sm)))
         return OK

@@ -17,13 +17,17 @@ from arq import Worker
 from arq.connections import ArqRedis
 
 from gateway import PROJECT_ROOT
-from gateway.config import Config
+from gateway.config import Config, SmppConfig
 from gateway.http.app import create_app
 from gateway.intake import Intake
 from gateway.ledger import LedgerWriter
 from gateway.queue import BatchingEnqueuer, JobQueue, connect
+from gateway.ratelimit import RedisTokenBucket
+from gateway.routing import Router
 from gateway.sender import Sender
-from gateway.smpp.client import EsmeClient
+from gateway.smpp.client import DeliverHandler, EsmeClient
+from gateway.smpp.codec import Pdu
+from gateway.smpp.link import Link
 from gateway.store.apikeys import ApiKeyStore
 from gateway.store.messages import MessageStore
 from gateway.templating import TemplateRenderer, template_defaults
@@ -84,7 +88,7 @@ class Gateway:
         self.pool: asyncpg.Pool | None = None
         self.redis: ArqRedis | None = None
         self.store: MessageStore | None = None
-        self.client: EsmeClient | None = None
+        self.links: dict[str, Link] = {}
         self.sender: Sender | None = None
         self.ledger: LedgerWriter | None = None
         self.intake: Intake | None = None
@@ -104,10 +108,14 @@ class Gateway:
         self.queue = JobQueue(self.redis, cfg.redis)
         self.ledger = LedgerWriter(self.store)
         self.ledger.start()
-        self.client = EsmeClient(cfg.smpp, on_deliver=self._on_deliver)
-        self.sender = Sender(store=self.store, client=self.client, ledger=self.ledger,
-                             smpp=cfg.smpp, sending=cfg.sending)
-        self.client.start()
+        self.links = {link.name: Link(link, on_deliver=self._deliver_handler(link),
+                                      global_bucket=self._global_bucket(link))
+                      for link in cfg.links}
+        self.sender = Sender(store=self.store, links=self.links,
+                             router=Router(cfg.route, list(self.links)), ledger=self.ledger,
+                             sending=cfg.sending)
+        for link in self.links.values():
+            link.start()
         renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms",
                                     defaults=template_defaults(cfg.sending))
         self.enqueuer = BatchingEnqueuer(self.queue)
@@ -149,9 +157,29 @@ class Gateway:
                 await asyncio.sleep(delay)
                 delay = min(10.0, delay * 2)
 
-    async def _on_deliver(self, pdu: Any) -> int:
-        assert self.sender is not None
-        return await self.sender.on_deliver(pdu)
+    def _deliver_handler(self, link: SmppConfig) -> DeliverHandler:
+        async def handle(pdu: Pdu) -> int:
+            assert self.sender is not None
+            return await self.sender.on_deliver(pdu, link=link)
+
+        return handle
+
+    def _global_bucket(self, link: SmppConfig) -> RedisTokenBucket | None:
+        if not link.account_tps:
+            return None
+        assert self.redis is not None
+        return RedisTokenBucket(self.redis, link.account or link.name, link.account_tps,
+                                prefetch=max(1, int(link.account_tps // 100)))
+
+    @property
+    def client(self) -> EsmeClient | None:
+        """The first link's binds (single-link setups, the demo and tests)."""
+        return next(iter(self.links.values())).client if self.links else None
+
+    async def wait_bound(self, timeout: float) -> bool:
+        results = await asyncio.gather(*(link.client.wait_bound(timeout)
+                                         for link in self.links.values()))
+        return all(results)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop intake, let the window drain, unbind, close everything."""
@@ -172,8 +200,8 @@ class Gateway:
             tasks = [t for t in self._worker.tasks.values() if not t.done()]
             if tasks:
                 await asyncio.wait(tasks, timeout=max(0.5, deadline - time.monotonic() - 2))
-        if self.client is not None:
-            await self.client.stop(timeout=max(1.0, deadline - time.monotonic() - 1))
+        await asyncio.gather(*(link.stop(timeout=max(1.0, deadline - time.monotonic() - 1))
+                               for link in self.links.values()))
         if self.ledger is not None:
             await self.ledger.stop()
         if self.redis is not None:
@@ -192,8 +220,10 @@ class Gateway:
             assert self.queue is not None
             await asyncio.wait_for(self.queue.ping(), 2)
             rd = True
-        binds = self.client.status() if self.client else []
-        return {"smpp": {"bound": bool(self.client and self.client.bound), "binds": binds},
+        links = [link.status() for link in self.links.values()]
+        binds = [b for link in self.links.values() for b in link.client.status()]
+        return {"smpp": {"bound": bool(links) and all(link["up"] for link in links),
+                         "links": links, "binds": binds},
                 "postgres": pg, "redis": rd}
 
     async def sweep_once(self) -> int:
@@ -215,6 +245,9 @@ class Gateway:
             await self.queue.enqueue_send(batch, job_id=f"sweep:{batch[0]}:{int(time.time())}")
         if queued:
             log.info("sweeper re-enqueued %d stale message(s)", len(queued))
+        expired = await self.store.expire_unreceipted(older_than_s=s.receipt_timeout_s)
+        if expired:
+            log.info("sweeper: %d message(s) expired without a delivery receipt", len(expired))
         return len(queued)
 
     async def _sweep_forever(self) -> None:

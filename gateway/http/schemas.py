@@ -24,7 +24,18 @@ from gateway.store.messages import MessageEvent, MessageRecord
 #: Fields accepted in ``POST /v1/messages``.
 SEND_FIELDS = (
     "to", "text", "template", "data", "sender", "idempotency_key", "khong_dau", "class",
+    "validity_period", "registered_delivery", "priority_flag", "data_coding", "source_ton",
+    "source_npi",
 )
+
+#: Per-message SMPP options: field → (smallest, largest, what it means).
+_OPTION_RANGES: dict[str, tuple[int, int, str]] = {
+    "validity_period": (60, 7 * 86400, "seconds the SMSC keeps trying (60 s to 7 days)"),
+    "priority_flag": (0, 3, "SMPP priority_flag 0-3"),
+    "data_coding": (0, 8, "0 (GSM 7-bit) or 8 (UCS-2)"),
+    "source_ton": (0, 6, "SMPP type of number of the sender (0-6)"),
+    "source_npi": (0, 18, "SMPP numbering plan of the sender (0-18)"),
+}
 
 _JSON_TYPE_NAMES: dict[type, str] = {
     dict: "an object", list: "an array", str: "a string", bool: "a boolean",
@@ -139,6 +150,28 @@ def _idempotency_key(body: Mapping[str, Any], header: str | None) -> str | None:
     return header
 
 
+def _options(body: Mapping[str, Any]) -> dict[str, int]:
+    """Per-message SMPP options; absent ones fall back to the link's configuration."""
+    out: dict[str, int] = {}
+    for name, (low, high, meaning) in _OPTION_RANGES.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise IntakeError(name, f"must be an integer ({meaning}), not {json_type(value)}",
+                              status=400)
+        if not low <= value <= high or (name == "data_coding" and value not in (0, 8)):
+            raise IntakeError(name, f"{value} is out of range: {meaning}")
+        out["validity_s" if name == "validity_period" else name] = value
+    delivery = body.get("registered_delivery")
+    if delivery is not None:
+        if not isinstance(delivery, bool):
+            raise IntakeError("registered_delivery", "must be true (ask for a delivery "
+                              f"receipt) or false, not {json_type(delivery)}", status=400)
+        out["registered_delivery"] = int(delivery)
+    return out
+
+
 def parse_send_request(body: Mapping[str, Any], *,
                        idempotency_header: str | None = None) -> SendRequest:
     """Check the shape of a ``POST /v1/messages`` body; the content is checked by Intake."""
@@ -161,6 +194,7 @@ def parse_send_request(body: Mapping[str, Any], *,
         idempotency_key=_idempotency_key(body, idempotency_header),
         khong_dau=_khong_dau(body),
         message_class=_message_class(body),
+        options=_options(body),
     )
 
 
@@ -199,6 +233,8 @@ def message_detail(record: MessageRecord, events: list[MessageEvent]) -> dict[st
         "sender": record.sender,
         "text": record.body,
         "template": record.template,
+        "link": record.link,
+        "options": dict(record.options),
         "status": record.status.value,
         "encoding": record.encoding.value,
         "segments": record.segments,

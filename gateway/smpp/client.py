@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -80,6 +81,15 @@ class SubmitResult:
         return status_name(self.status)
 
 
+def _tls_context(cfg: SmppConfig) -> ssl.SSLContext:
+    """TLS for SMPP over TLS (often port 3550); verification on unless configured off."""
+    ctx = ssl.create_default_context(cafile=cfg.tls_ca_file or None)
+    if not cfg.tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class _Connection:
     """One live TCP connection and its session (exists only while connected)."""
 
@@ -114,7 +124,6 @@ class Bind:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._deliver_tasks: set[asyncio.Task[None]] = set()
-        self._throttled_until = 0.0
         self.reconnects = 0
         self.last_error = ""
 
@@ -173,9 +182,6 @@ class Bind:
         if self._stopping or conn is None or not conn.session.can_submit:
             raise NotSent(f"bind {self.name} is not bound for sending")
         async with conn.slots:
-            pause = self._throttled_until - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
             if conn is not self._conn or not conn.session.can_submit or self._stopping:
                 raise NotSent(f"bind {self.name} lost its connection before the write")
             fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -189,8 +195,6 @@ class Bind:
             except (ConnectionError, RuntimeError) as exc:
                 raise NotSent(f"write failed on {self.name}: {exc}") from exc
             resp = await fut  # Ambiguous is set on it when the answer cannot come
-        if resp.status in THROTTLE_STATUSES:
-            self._throttled_until = time.monotonic() + self.config.throttle_pause_s
         return SubmitResult(status=resp.status, message_id=resp.pdu.text("message_id"),
                             latency_s=time.monotonic() - sent_at, bind=self.name)
 
@@ -216,8 +220,11 @@ class Bind:
 
     async def _connect_and_serve(self) -> None:
         cfg = self.config
+        tls = _tls_context(cfg) if cfg.tls else None
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(cfg.host, cfg.port), cfg.bind_timeout_s)
+            asyncio.open_connection(cfg.host, cfg.port, ssl=tls,
+                                    server_hostname=cfg.host if tls else None),
+            cfg.bind_timeout_s)
         conn = _Connection(Session(Role.ESME), reader, writer, cfg.window)
         self._conn = conn
         reader_task = asyncio.create_task(self._read_loop(conn), name=f"smpp-read-{self.name}")
@@ -353,8 +360,8 @@ class EsmeClient:
                  name: str = "smsc") -> None:
         self.config = config
         modes = [BindMode.TRX] if config.bind_mode == "trx" else [BindMode.TX, BindMode.RX]
-        self.binds = [Bind(config, m, name=f"{name}-{m.name.lower()}", on_deliver=on_deliver)
-                      for m in modes]
+        self.binds = [Bind(config, m, name=f"{name}-{m.name.lower()}{i}", on_deliver=on_deliver)
+                      for i in range(1, config.binds + 1) for m in modes]
         self._rr = 0
 
     def start(self) -> None:

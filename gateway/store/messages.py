@@ -16,8 +16,9 @@ batch give what applying them one at a time would), and one statement writes the
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -59,6 +60,9 @@ class NewMessage:
     khong_dau: bool = False
     idempotency_key: str | None = None
     api_key_id: int | None = None
+    #: per-message SMPP options (validity_s, registered_delivery, priority_flag, data_coding,
+    #: source_ton, source_npi); absent keys fall back to the link's configuration
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,8 @@ class MessageRecord:
     submitting_at: datetime | None
     submitted_at: datetime | None
     done_at: datetime | None
+    link: str | None = None  # the SMSC link that accepted it
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +107,7 @@ class SubmitResult:
     status: MessageStatus
     part_ids: tuple[str, ...] = ()  # canonical SMSC ids per part, in order (submitted only)
     error: str | None = None
+    link: str | None = None  # the link that carried (or last tried) it
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +132,8 @@ class ReceiptOutcome:
 _INSERT = """
 WITH ins AS (
     INSERT INTO messages (msisdn, sender, body, template, encoding, segments, class,
-                          priority, khong_dau, idempotency_key, api_key_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                          priority, khong_dau, idempotency_key, api_key_id, options)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)
     ON CONFLICT ((COALESCE(api_key_id, 0)), idempotency_key)
         WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
@@ -168,8 +175,9 @@ SELECT * FROM upd
 # $1 ids, $2 new status, $3 error, $4 first part id, $5 event detail; parts: $6 $7 $8.
 _RECORD_RESULTS = """
 WITH r AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
-        AS r(id, status, error, first_id, detail)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $9::text[])
+        AS r(id, status, error, first_id, detail, link)
 ), locked AS (
     SELECT m.id FROM messages m JOIN r ON r.id = m.id
     WHERE m.status = 'submitting'
@@ -182,6 +190,7 @@ WITH r AS (
         submitted_at = CASE WHEN r.status = 'submitted' THEN now() ELSE m.submitted_at END,
         done_at = CASE WHEN r.status IN ('rejected', 'failed') THEN now() ELSE m.done_at END,
         last_error = COALESCE(r.error, m.last_error),
+        link = COALESCE(r.link, m.link),
         updated_at = now()
     FROM r JOIN locked ON locked.id = r.id
     WHERE m.id = r.id AND m.status = 'submitting'
@@ -328,8 +337,35 @@ ORDER BY submitting_at LIMIT $2
 
 _COUNTS = "SELECT status, count(*) AS n FROM messages GROUP BY status"
 
+# Submitted messages whose receipts did not all come within $1 s become expired (an event says
+# why); a receipt arriving later is still applied and may move them to delivered.
+_EXPIRE_UNRECEIPTED = """
+WITH due AS (
+    SELECT id FROM messages
+    WHERE status = 'submitted' AND submitted_at < now() - make_interval(secs => $1)
+    ORDER BY submitted_at LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE messages m SET status = 'expired', done_at = now(), updated_at = now(),
+        last_error = 'no delivery receipt within ' || $1::text || ' s'
+    FROM due WHERE m.id = due.id
+    RETURNING m.id
+), ev AS (
+    INSERT INTO message_events (message_id, status, detail)
+    SELECT id, 'expired', 'no delivery receipt within ' || $1::text || ' s' FROM upd
+)
+SELECT id FROM upd
+"""
+
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _json(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        loaded: dict[str, Any] = json.loads(value)
+        return loaded
+    return dict(value or {})
 
 
 def _record(row: Any) -> MessageRecord:
@@ -355,6 +391,8 @@ def _record(row: Any) -> MessageRecord:
         submitting_at=row["submitting_at"],
         submitted_at=row["submitted_at"],
         done_at=row["done_at"],
+        link=row["link"],
+        options=_json(row["options"]),
     )
 
 
@@ -555,6 +593,7 @@ class MessageStore:
             new.khong_dau,
             new.idempotency_key,
             new.api_key_id,
+            json.dumps(dict(new.options)),
         )
         # A conflicting row can only vanish if it is deleted between the two statements.
         for _ in range(3):
@@ -609,6 +648,7 @@ class MessageStore:
                 part_mids,
                 part_nos,
                 part_ids,
+                [r.link for r in results],
             )
             changed = {row["id"]: MessageStatus(row["status"]) for row in rows}
             skipped = len(results) - len(changed)
@@ -697,6 +737,11 @@ class MessageStore:
             queued = await conn.fetch(_STALE_QUEUED, float(queued_before_s), limit)
             submitting = await conn.fetch(_STALE_SUBMITTING, float(submitting_before_s), limit)
         return [r["id"] for r in queued], [r["id"] for r in submitting]
+
+    async def expire_unreceipted(self, *, older_than_s: float, limit: int = 5000) -> list[UUID]:
+        """Submitted messages without every receipt after ``older_than_s`` → expired."""
+        rows = await self._pool.fetch(_EXPIRE_UNRECEIPTED, float(older_than_s), limit)
+        return [r["id"] for r in rows]
 
     async def counts_by_status(self) -> dict[MessageStatus, int]:
         """Number of messages per status; every status is present (0 when none)."""
