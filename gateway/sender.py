@@ -306,5 +306,5 @@ class Sender:
         await self._ledger.receipt(ReceiptUpdate(
             candidates=receipt_candidates(receipt.message_id, link.message_id_format),
             status=status, stat=receipt.state.value, err=receipt.error,
-            raw=sm.decode("latin-1") if isinstance(sm, bytes) else str(sm)))
+            raw=sm.decode("latin-1") if isinstance(sm, bytes) else str(sm), link=link.name))
         return OK

@@ -7,3 +7,6 @@ ALTER TABLE messages ADD COLUMN options jsonb NOT NULL DEFAULT '{}'::jsonb;
 -- The expiry sweeper looks for messages still waiting for receipts.
 CREATE INDEX messages_awaiting_receipt_idx ON messages (submitted_at)
     WHERE status = 'submitted';
+
+-- SMSC message ids are only unique per SMSC: receipts remember the link they came on.
+ALTER TABLE pending_receipts ADD COLUMN link text NULL;

@@ -117,6 +117,8 @@ class ReceiptUpdate:
     stat: str
     err: str | None
     raw: str
+    link: str | None = None  # the link it came on: ids are only unique per SMSC
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,12 +223,14 @@ FROM (SELECT DISTINCT hashtext(x) AS h FROM unnest($2::text[]) AS x ORDER BY h) 
 # matched messages are then locked in id order (a message deleted meanwhile matches nothing).
 _FIND_AND_LOCK_PARTS = """
 WITH c AS (
-    SELECT * FROM unnest($1::integer[], $2::integer[], $3::text[]) AS c(ord, pos, smsc_id)
+    SELECT * FROM unnest($1::integer[], $2::integer[], $3::text[], $4::text[])
+        AS c(ord, pos, smsc_id, link)
 ), hit AS (
     SELECT DISTINCT ON (c.ord) c.ord, p.message_id, p.part_no
     FROM c
     JOIN message_parts p ON p.smsc_message_id = c.smsc_id
     JOIN messages m ON m.id = p.message_id
+        AND (c.link IS NULL OR m.link IS NULL OR m.link = c.link)
     ORDER BY c.ord, c.pos, m.submitted_at DESC NULLS LAST, p.message_id, p.part_no
 ), locked AS (
     SELECT id FROM messages
@@ -244,7 +248,7 @@ WHERE m.id = ANY($1::uuid[])
 """
 
 _PENDING_FOR = """
-SELECT id, candidates, state, stat, err, raw FROM pending_receipts
+SELECT id, candidates, state, stat, err, raw, link FROM pending_receipts
 WHERE matched_at IS NULL AND candidates && $1::text[]
 ORDER BY id FOR UPDATE
 """
@@ -278,10 +282,11 @@ WITH parts AS (
     FROM unnest($16::integer[], $17::integer[], $18::text[]) AS x(ord, pos, smsc_id)
     GROUP BY x.ord
 ), pend AS (
-    INSERT INTO pending_receipts (candidates, state, stat, err, raw)
-    SELECT cands.candidates, r.state, r.stat, r.err, r.raw
-    FROM unnest($11::integer[], $12::text[], $13::text[], $14::text[], $15::text[])
-        AS r(ord, state, stat, err, raw)
+    INSERT INTO pending_receipts (candidates, state, stat, err, raw, link)
+    SELECT cands.candidates, r.state, r.stat, r.err, r.raw, r.link
+    FROM unnest($11::integer[], $12::text[], $13::text[], $14::text[], $15::text[],
+                $19::text[])
+        AS r(ord, state, stat, err, raw, link)
     JOIN cands ON cands.ord = r.ord
     ORDER BY r.ord
 )
@@ -540,6 +545,7 @@ async def _write_plan(conn: Any, plan: _ReceiptPlan, states: dict[UUID, _Message
         ords,
         positions,
         ids,
+        [u.link for u in plan.pending],
     )
 
 
@@ -654,23 +660,27 @@ class MessageStore:
             skipped = len(results) - len(changed)
             if skipped:
                 log.info("%d submit result(s) ignored: message no longer submitting", skipped)
+            link_of = {r.message_id: r.link for r in results}
             by_smsc_id = {
                 smsc_id: (mid, no)
                 for mid, no, smsc_id in zip(part_mids, part_nos, part_ids, strict=True)
                 if changed.get(mid) is MessageStatus.SUBMITTED
             }
             if by_smsc_id:
-                await self._match_pending(conn, by_smsc_id)
+                await self._match_pending(conn, by_smsc_id, link_of)
 
-    async def _match_pending(self, conn: Any, by_smsc_id: dict[str, tuple[UUID, int]]) -> None:
+    async def _match_pending(self, conn: Any, by_smsc_id: dict[str, tuple[UUID, int]],
+                             link_of: dict[UUID, str | None]) -> None:
         """Apply receipts that arrived before their submit_sm_resp to the new parts."""
         pending = await conn.fetch(_PENDING_FOR, list(by_smsc_id))
         matched: list[int] = []
         targets: list[tuple[UUID, int]] = []
         updates: list[ReceiptUpdate] = []
         for row in pending:
-            target = next((by_smsc_id[c] for c in row["candidates"] if c in by_smsc_id), None)
-            if target is None:  # pragma: no cover - the && filter guarantees a match
+            target = next((by_smsc_id[c] for c in row["candidates"] if c in by_smsc_id
+                           if row["link"] is None or link_of.get(by_smsc_id[c][0]) is None
+                           or link_of[by_smsc_id[c][0]] == row["link"]), None)
+            if target is None:  # the same id from another SMSC: not this message's receipt
                 continue
             matched.append(row["id"])
             targets.append(target)
@@ -709,7 +719,8 @@ class MessageStore:
         ords, positions, ids = _flatten_candidates(updates)
         async with self._pool.acquire() as conn, conn.transaction():
             await _lock_smsc_ids(conn, ids)
-            rows = await conn.fetch(_FIND_AND_LOCK_PARTS, ords, positions, ids)
+            links = [updates[o].link for o in ords]
+            rows = await conn.fetch(_FIND_AND_LOCK_PARTS, ords, positions, ids, links)
             targets: list[tuple[UUID, int] | None] = [None] * len(updates)
             for row in rows:
                 targets[row["ord"]] = (row["message_id"], row["part_no"])
