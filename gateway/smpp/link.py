@@ -41,6 +41,7 @@ class _Item:
     key: tuple[int, int]
     params: Mapping[str, Any] = field(compare=False)
     fut: asyncio.Future[SubmitResult] = field(compare=False)
+    deadline: float = field(default=0.0, compare=False)
     dispatched: bool = field(default=False, compare=False)
     cancelled: bool = field(default=False, compare=False)
 
@@ -103,20 +104,22 @@ class Link:
         ``wait_s`` (e.g. the link is down): it is then withdrawn and never sent."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[SubmitResult] = loop.create_future()
-        item = _Item((priority, next(self._seq)), params, fut)
+        item = _Item((priority, next(self._seq)), params, fut, deadline=loop.time() + wait_s)
         heapq.heappush(self._heap, item)
         self._wake.set()
-        deadline = loop.time() + wait_s
-        while True:
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), 0.5)
-            except TimeoutError:
-                # Withdraw it only while it waits in the queue (also after a throttled try):
-                # once written, its answer (or Ambiguous) is awaited.
-                if not item.dispatched and loop.time() >= deadline:
-                    item.cancelled = True
-                    raise NotSent(f"link {self.name}: not sent within {wait_s:.0f}s "
-                                  "(link down or throttled)") from None
+        timer = loop.call_at(item.deadline, self._expire, item)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+
+    def _expire(self, item: _Item) -> None:
+        """Withdraw an item still waiting in the queue at its deadline (never one in flight:
+        once written, its answer or Ambiguous is awaited)."""
+        if not item.dispatched and not item.fut.done():
+            item.cancelled = True
+            item.fut.set_exception(NotSent(
+                f"link {self.name}: not sent in time (link down or throttled)"))
 
     def _free_bind(self) -> Bind | None:
         binds = [b for b in self.client.binds if b.can_submit
@@ -154,6 +157,9 @@ class Link:
 
     def _requeue(self, item: _Item) -> None:
         item.dispatched = False
+        if asyncio.get_running_loop().time() >= item.deadline:
+            self._expire(item)
+            return
         heapq.heappush(self._heap, item)  # same key: ahead of everything that came later
         self._wake.set()
 

@@ -1,0 +1,121 @@
+"""Throttle accuracy: the SMSC simulator enforces T submit_sm/s (ESME_RTHROTTLED above it).
+
+For T in 100, 500, 2000 and two gateway set-ups — the link configured with ``tps = T`` (the
+operator knows the carrier's limit), and ``tps = 0`` (unknown: only the adaptive AIMD control
+reacts to ESME_RTHROTTLED) — submits T × seconds parts through one link and reports the
+achieved accepted rate, its error against T, throttle errors and lost parts. The simulator runs
+in a separate process. Prints a markdown table.
+
+    python3 bench/throttle_accuracy.py [--seconds 5] [--rates 100,500,2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from smpp_throughput import _free_port  # noqa: E402
+
+from gateway.config import SmppConfig  # noqa: E402
+from gateway.smpp.codec import Pdu  # noqa: E402
+from gateway.smpp.link import Link  # noqa: E402
+
+
+def _start(port: int, ctl: int, tps: int) -> "asyncio.subprocess.Process | object":
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "smsc-sim", "--port", str(port), "--tps", str(tps),
+         "--control-port", str(ctl)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ctl}/stats", timeout=0.5):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("simulator did not start")
+
+
+def _stats(ctl: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ctl}/stats", timeout=5) as resp:
+        data: dict[str, int] = json.loads(resp.read())
+        return data
+
+
+async def run_one(rate: int, configured: bool, seconds: float) -> dict[str, float]:
+    port, ctl = _free_port(), _free_port()
+    proc = _start(port, ctl, rate)
+    try:
+        async def ack(pdu: Pdu) -> int:
+            return 0
+
+        window = max(10, min(100, rate // 20))
+        link = Link(SmppConfig(name="bench", port=port, window=window,
+                               tps=float(rate) if configured else 0.0,
+                               registered_delivery=0, throttle_pause_s=0.2), on_deliver=ack)
+        link.start()
+        await link.client.wait_bound(10)
+        total = int(rate * seconds)
+        accepted_at: list[float] = []
+
+        async def one(i: int) -> None:
+            res = await link.submit({"source_addr": "CSKH", "destination_addr": "84901000001",
+                                     "short_message": f"msg {i}".encode()}, wait_s=120)
+            if res.ok:
+                accepted_at.append(time.monotonic())
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(total)))
+        elapsed = time.monotonic() - started
+        stats = _stats(ctl)
+        await link.stop(5)
+        # steady state: skip the first second (bucket burst / first throttle episode)
+        steady = [t for t in accepted_at if t >= started + 1.0]
+        steady_rate = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 2 else 0.0
+        return {"rate": rate, "configured": configured, "parts": total,
+                "accepted": stats["parts_received"], "elapsed": elapsed,
+                "achieved": steady_rate, "throttled": link.throttled,
+                "lost": total - stats["parts_received"]}
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, float]]:
+    rows = []
+    for configured in (True, False):
+        for rate in args.rates:
+            rows.append(await run_one(rate, configured, args.seconds))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[100, 500, 2000])
+    rows = asyncio.run(main_async(ap.parse_args()))
+    print(f"Throttle accuracy, {os.cpu_count()} CPU(s), simulator enforcing T TPS in a "
+          "separate process")
+    print()
+    print("| T (SMSC limit) | link tps | parts | achieved/s (steady) | error vs T "
+          "| throttle errors | lost |")
+    print("|---:|:---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        err = (r["achieved"] - r["rate"]) / r["rate"] * 100
+        print(f"| {r['rate']:.0f} | {'= T' if r['configured'] else 'unknown (0)'} | "
+              f"{r['parts']:.0f} | {r['achieved']:,.1f} | {err:+.1f} % | "
+              f"{r['throttled']:.0f} | {r['lost']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
