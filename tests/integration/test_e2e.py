@@ -108,9 +108,10 @@ async def test_lost_responses_follow_the_ambiguous_policy(make_stack: MakeStack,
 
 
 async def test_throttling_backs_off_and_resends(make_stack: MakeStack) -> None:
-    st = await make_stack(sim={"tps_limit": 40}, smpp={"window": 10, "throttle_pause_s": 0.2})
+    st = await make_stack(sim={"tps_limit": 20}, smpp={"window": 10, "throttle_pause_s": 0.2})
     numbers = _numbers(120)
-    ids = [(await st.send(to=n, text=f"throttle {i}"))["id"] for i, n in enumerate(numbers)]
+    ids = [d["id"] for d in await asyncio.gather(
+        *(st.send(to=n, text=f"throttle {i}") for i, n in enumerate(numbers)))]
     statuses = await st.wait_terminal(ids, timeout=30)
     assert set(statuses.values()) == {"delivered"}
     assert st.sim.submits_throttled > 0
