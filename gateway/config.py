@@ -112,6 +112,7 @@ class SendingConfig:
     batch_size: int = 200  # message ids per arq job from the sweeper
     worker_max_jobs: int = 500
     receipt_timeout_s: float = 172800.0  # no receipt after this → expired (with an event)
+    mo_reassembly_timeout_s: float = 600.0  # a multipart MO still missing parts is then stored
 
     def __post_init__(self) -> None:
         if self.ambiguous_policy not in ("resend", "fail"):

@@ -21,6 +21,7 @@ from gateway.config import Config, SmppConfig
 from gateway.http.app import create_app
 from gateway.intake import Intake
 from gateway.ledger import LedgerWriter
+from gateway.mo import MoReceiver
 from gateway.queue import BatchingEnqueuer, JobQueue, connect
 from gateway.ratelimit import RedisTokenBucket
 from gateway.routing import Router
@@ -29,6 +30,7 @@ from gateway.smpp.client import DeliverHandler, EsmeClient
 from gateway.smpp.codec import Pdu
 from gateway.smpp.link import Link
 from gateway.store.apikeys import ApiKeyStore
+from gateway.store.inbound import InboundStore
 from gateway.store.messages import MessageStore
 from gateway.templating import TemplateRenderer, template_defaults
 from jobs.worker import build_worker
@@ -90,6 +92,7 @@ class Gateway:
         self.store: MessageStore | None = None
         self.links: dict[str, Link] = {}
         self.sender: Sender | None = None
+        self.mo: MoReceiver | None = None
         self.ledger: LedgerWriter | None = None
         self.intake: Intake | None = None
         self.queue: JobQueue | None = None
@@ -111,9 +114,10 @@ class Gateway:
         self.links = {link.name: Link(link, on_deliver=self._deliver_handler(link),
                                       global_bucket=self._global_bucket(link))
                       for link in cfg.links}
+        self.mo = MoReceiver(InboundStore(self.pool))
         self.sender = Sender(store=self.store, links=self.links,
                              router=Router(cfg.route, list(self.links)), ledger=self.ledger,
-                             sending=cfg.sending)
+                             sending=cfg.sending, on_mo=self.mo.on_mo)
         for link in self.links.values():
             link.start()
         renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms",
@@ -245,6 +249,11 @@ class Gateway:
             await self.queue.enqueue_send(batch, job_id=f"sweep:{batch[0]}:{int(time.time())}")
         if queued:
             log.info("sweeper re-enqueued %d stale message(s)", len(queued))
+        if self.mo is not None:
+            try:
+                await self.mo.sweep(s.mo_reassembly_timeout_s)
+            except Exception as exc:
+                log.warning("sweeper: incomplete MO flush failed: %s", exc)
         expired = await self.store.expire_unreceipted(older_than_s=s.receipt_timeout_s)
         if expired:
             log.info("sweeper: %d message(s) expired without a delivery receipt", len(expired))
