@@ -303,8 +303,11 @@ class AdaptiveRate:
 # --------------------------------------------------------------------------- Redis bucket
 
 # KEYS[1] bucket key; ARGV: rate (tokens/s), burst, n (tokens), idle ttl (ms).
-# Returns {granted, wait_ms}: {n, 0} after consuming n tokens, or {0, ms} with nothing consumed.
-# Time comes from Redis TIME, so every process shares one clock. State: hash {t: tokens, ts: µs}.
+# Returns {n, 0} after consuming n tokens, or {0, wait_ms} with nothing consumed (wait_ms: until
+# min(n, burst) tokens are there; debt model as TokenBucket). Time is Redis TIME, one clock for
+# every process. State: hash {t: tokens (negative while in debt), ts: microseconds}. TIME is the
+# Redis host's wall clock: a step either way (NTP) grants at most one extra burst, and never
+# stalls the bucket (after a step back, ts follows the clock).
 _TAKE_LUA = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -319,8 +322,6 @@ if tokens == nil or ts == nil then
   tokens = burst
 elseif now > ts then
   tokens = math.min(burst, tokens + (now - ts) * rate / 1000000)
-else
-  now = ts
 end
 local need = math.min(n, burst)
 if tokens + 1e-9 < need then
@@ -346,23 +347,29 @@ class RedisTokenBucket:
     so an expired key (read as a full bucket) is always exact. Every process must configure the
     same rate and burst for an account (each call passes them; the last caller's values apply).
 
-    Prefetch (``prefetch`` > 1): instead of one Redis round trip per segment, a process takes a
-    chunk of tokens and spends it locally for at most ``prefetch_window_s``; tokens not spent by
-    then are dropped (never given back), which can only under-use the account. The chunk follows
-    this process's own recent throughput — ``ceil(throughput * prefetch_window_s)``, capped at
-    ``prefetch``, at half the burst and at ``rate * prefetch_window_s`` — so a process sending a
-    trickle takes one token at a time and does not waste the account's budget. Cost: sending is
-    lumpier at short time scales. The long-run rate is never exceeded, but a token may be spent
-    up to ``prefetch_window_s`` after Redis granted it, so over a window of ``T`` seconds the
-    account may send up to ``burst + rate * (T + prefetch_window_s)`` segments instead of
-    ``burst + rate * T``; with the defaults (burst = rate/10, window 0.1 s) at most 10 % of the
-    rate over a 1 s window. Lower the account burst if the carrier counts strictly.
+    Prefetch (``prefetch`` > 1), to avoid one Redis round trip per segment at high rates: a
+    process takes a chunk of tokens in one call and spends it locally within
+    ``prefetch_window_s``; tokens not spent by then are dropped (never given back), which can only
+    under-use the account. The chunk follows this process's own recent throughput,
+    ``ceil(throughput * prefetch_window_s)``, capped at ``prefetch``, at half the burst and at
+    ``rate * prefetch_window_s`` (never below the request), so a process sending a trickle takes
+    one token per call and wastes nothing. What it costs:
+
+    * lumpier sending at short time scales, and while a process saturates the account a request
+      may wait for its whole chunk (at most ``prefetch_window_s`` longer than strictly needed);
+    * the long-run rate is never exceeded, but a token may be spent up to ``prefetch_window_s``
+      after Redis granted it, so over any window of ``T`` seconds the account may send
+      ``burst + rate * T`` plus at most ``min(processes * chunk, rate * prefetch_window_s)``
+      segments (with the defaults at most one extra burst). Lower the account burst if the
+      carrier counts strictly.
 
     Redis unreachable (connection error, timeout, any Redis error): ``acquire`` never raises. The
     process falls back to a local :class:`TokenBucket` at ``fallback_rate`` (default: the whole
-    account rate) and retries Redis every ``retry_after_s``; one warning at most every 10 s. During
-    an outage the account limit is therefore enforced per process: N processes may send N times
-    the account rate (set ``fallback_rate`` to rate / N to stay under it).
+    account rate) and tries Redis again after ``retry_after_s``, doubling up to
+    ``max_retry_after_s`` while it keeps failing (a call that fails costs its caller at most
+    ``redis_timeout_s``); one warning at most every 10 s. During an outage the account limit is
+    therefore enforced per process: N processes may send N times the account rate (set
+    ``fallback_rate`` to rate / N to stay under it).
     """
 
     def __init__(
@@ -378,6 +385,7 @@ class RedisTokenBucket:
         fallback_rate: float | None = None,
         redis_timeout_s: float = 0.5,
         retry_after_s: float = 1.0,
+        max_retry_after_s: float = 10.0,
         key_prefix: str = "smsgw:tps:",
     ) -> None:
         if prefetch < 1 or prefetch_window_s <= 0 or idle_ttl_ms < 1:
@@ -394,17 +402,20 @@ class RedisTokenBucket:
         self.idle_ttl_ms = idle_ttl_ms
         self.redis_timeout_s = redis_timeout_s
         self.retry_after_s = retry_after_s
+        self.max_retry_after_s = max(retry_after_s, max_retry_after_s)
         self.fallback = TokenBucket(fallback_rate if fallback_rate is not None else self.rate,
                                     burst)
         self.redis_calls = 0  # script calls (for tests and metrics)
         self.fallback_grants = 0  # acquires served by the local fallback
         self._script = client.register_script(_TAKE_LUA)
         self._lock = asyncio.Lock()  # FIFO between this process's waiters
-        self._meter = RateMeter()  # tokens granted to this process (sizes prefetch chunks)
+        # tokens granted to this process over a short window: sizes the prefetch chunks
+        self._meter = RateMeter(2.5 * prefetch_window_s)
         self._local = 0  # prefetched tokens left ...
         self._local_until = -math.inf  # ... spendable until then (monotonic)
         self._down_until = -math.inf  # Redis failed: local fallback until then
         self._down = False
+        self._failures = 0  # consecutive failed Redis calls (back-off)
         self._last_log = -math.inf
 
     @property
@@ -419,10 +430,10 @@ class RedisTokenBucket:
         demand = math.ceil(self._meter.rate(now) * self.prefetch_window_s)
         return max(n, min(math.floor(cap), demand))
 
-    async def _take(self, n: int) -> tuple[int, int]:
+    async def _take(self, n: int, rate: float) -> tuple[int, int]:
         self.redis_calls += 1
         result = await asyncio.wait_for(
-            self._script(keys=[self.key], args=[self.rate, self.burst, n, self.idle_ttl_ms]),
+            self._script(keys=[self.key], args=[rate, self.burst, n, self.idle_ttl_ms]),
             self.redis_timeout_s,
         )
         granted, wait_ms = result
@@ -430,7 +441,9 @@ class RedisTokenBucket:
 
     def _redis_failed(self, exc: BaseException, now: float) -> None:
         self._down = True
-        self._down_until = now + self.retry_after_s
+        self._failures += 1
+        backoff = self.retry_after_s * 2 ** min(self._failures - 1, 20)
+        self._down_until = now + min(backoff, self.max_retry_after_s)
         self._local, self._local_until = 0, -math.inf
         if now - self._last_log >= _LOG_EVERY_S:
             self._last_log = now
@@ -444,7 +457,8 @@ class RedisTokenBucket:
 
     async def acquire(self, n: int) -> None:
         """Wait until ``n`` tokens of the account are ours. Never raises for Redis trouble."""
-        if n <= 0 or self.rate is None:
+        rate = self.rate
+        if n <= 0 or rate is None:
             return
         async with self._lock:
             now = time.monotonic()
@@ -460,10 +474,11 @@ class RedisTokenBucket:
                     return
                 chunk = self._chunk(n, now)
                 try:
-                    granted, wait_ms = await self._take(chunk)
+                    granted, wait_ms = await self._take(chunk, rate)
                 except (RedisError, OSError) as exc:  # TimeoutError is an OSError
                     self._redis_failed(exc, now)
                     continue
+                self._failures = 0
                 if self._down:
                     self._down = False
                     log.info("Redis reachable again for account %s rate limit", self.account)
@@ -488,7 +503,10 @@ class Throttle:
     ``acquire(segments)`` waits for, in order: the adaptive pause after a throttle, the local
     bucket at the adaptive rate (at most the link's ``tps``; ``tps`` 0/``None`` = no limit of
     ours until the SMSC throttles), and the shared account bucket when given. Report outcomes
-    with :meth:`on_throttled` / :meth:`on_success`.
+    with :meth:`on_throttled` / :meth:`on_success`; the throughput handed to the controller on a
+    throttle is what the SMSC accepted over the last second (its capacity, as far as we know).
+    ``adaptive`` defaults to ``AdaptiveRate(max_rate=tps)``; pass one to tune the pause or steps.
+    Waiters are served first come, first served, so a 10-part message is not starved.
     """
 
     def __init__(
@@ -508,7 +526,7 @@ class Throttle:
         self._lock = asyncio.Lock()
 
     async def acquire(self, segments: int) -> None:
-        async with self._lock:  # FIFO: a 10-part message is not starved by single parts
+        async with self._lock:
             while True:
                 now = time.monotonic()
                 if now < self.adaptive.paused_until:
