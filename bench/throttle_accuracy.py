@@ -15,22 +15,21 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smpp_throughput import _free_port  # noqa: E402
+from smpp_throughput import _free_port
 
-from gateway.config import SmppConfig  # noqa: E402
-from gateway.smpp.codec import Pdu  # noqa: E402
-from gateway.smpp.link import Link  # noqa: E402
+from gateway.config import SmppConfig
+from gateway.smpp.codec import Pdu
+from gateway.smpp.link import Link
 
 
-def _start(port: int, ctl: int, tps: int) -> "asyncio.subprocess.Process | object":
-    import subprocess
-
+def _start(port: int, ctl: int, tps: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "smsc-sim", "--port", str(port), "--tps", str(tps),
          "--control-port", str(ctl)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
