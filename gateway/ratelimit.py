@@ -197,7 +197,10 @@ class AdaptiveRate:
       most one cut per pause, like TCP's one cut per round trip).
     * :meth:`on_success`: additive recovery of ``increase_per_s`` per second of successful sending
       after the pause (at most ``max_credit_s`` of credit per call, so an idle link does not jump
-      back to full speed on its first success).
+      back to full speed on its first success). With the default steps, recovery is fast (25 %
+      per second of the rate that was throttled) up to 90 % of that rate — the SMSC's limit is
+      likely just below it — and slow (5 %) from there: the link spends its time close to the
+      carrier's real limit instead of climbing slowly from half of it.
 
       - With ``max_rate``: recovers up to ``max_rate`` (the link's configured TPS) and stays there.
         Default step: 5 % of ``max_rate`` per second — from half to full speed in 10 s.
@@ -241,6 +244,7 @@ class AdaptiveRate:
         self._step = increase_per_s if increase_per_s is not None else (
             0.05 * self.max_rate if self.max_rate is not None else 0.0)
         self._ceiling = 0.0  # unlimited mode: the rate at the last cut
+        self._last_cut = 0.0  # the rate (or observed throughput) when last throttled
         self._credit_from = -math.inf
 
     def current(self, now: float) -> float | None:
@@ -264,6 +268,7 @@ class AdaptiveRate:
             base = self._rate
         if self.max_rate is None:
             self._ceiling = base
+        self._last_cut = base  # where the SMSC said stop: recover fast to near it, then creep
         self._rate = max(self.min_rate, base * self.decrease)
         self.throttles += 1
         self.paused_until = now + self.pause_s
@@ -276,7 +281,10 @@ class AdaptiveRate:
             return
         credit = min(max(0.0, now - self._credit_from), self.max_credit_s)
         self._credit_from = max(self._credit_from, now)
-        rate = self._rate + self._step * credit
+        step = self._step
+        if self.increase_per_s is None and self._last_cut and self._rate < 0.9 * self._last_cut:
+            step = max(step, 0.25 * self._last_cut)  # far below the last throttle point
+        rate = self._rate + step * credit
         if self.max_rate is not None:
             self._rate = min(rate, self.max_rate)
         elif rate >= self.release_factor * self._ceiling:

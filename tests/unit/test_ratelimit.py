@@ -198,11 +198,12 @@ def test_throttle_halves_and_pauses() -> None:
 
 
 def test_additive_recovery_back_to_max_over_the_expected_time() -> None:
-    ctl = AdaptiveRate(max_rate=100)  # default step: 5 % of max per second
+    ctl = AdaptiveRate(max_rate=100)  # default steps: fast, then 5 % of max per second
     ctl.on_throttled(10.0, observed_rate=100)
     full_at = succeed(ctl, 10.0, 30.0)
-    # pause until 11, then 50 → 100 at 5/s: 10 s
-    assert full_at == pytest.approx(21.0, abs=0.02)
+    # pause until 11; 50 → 90 (90 % of the rate that was throttled) at 25/s: 1.6 s;
+    # then 90 → 100 at 5/s: 2 s
+    assert full_at == pytest.approx(14.6, abs=0.05)
     assert ctl.current(30.0) == 100
     assert not ctl.state(30.0)["limited"]
 
@@ -219,7 +220,7 @@ def test_idle_time_is_not_recovery_credit() -> None:
     ctl.on_throttled(0.0, observed_rate=100)
     ctl.on_success(1.0)
     ctl.on_success(60.0)  # first success after a long idle: at most 1 s of credit
-    assert ctl.current(60.0) == pytest.approx(55)
+    assert ctl.current(60.0) == pytest.approx(75)  # 1 s at the fast step (25/s)
 
 
 def test_repeated_throttles_never_go_below_min_rate() -> None:
@@ -247,10 +248,11 @@ def test_unlimited_mode_cuts_then_becomes_unlimited_again() -> None:
     assert ctl.current(0.5) is None
     ctl.on_throttled(1.0, observed_rate=400)
     assert ctl.current(1.0) == 200  # half of what was observed
-    # step fixed at 5 % of 400 = 20/s; unlimited again at 1.5 x 400 = 600: 20 s after the pause
+    # 200 → 360 (90 % of 400) at the fast step 100/s: 1.6 s; then the slow step, 5 % of 400
+    # = 20/s, up to 1.5 x 400 = 600: 12 s; unlimited again 13.6 s after the pause
     full_at = succeed(ctl, 1.0, 40.0)
     assert ctl.current(40.0) is None
-    assert full_at == pytest.approx(22.0, abs=0.02)
+    assert full_at == pytest.approx(15.6, abs=0.05)
     state = ctl.state(40.0)
     assert state["rate"] is None and not state["limited"] and state["throttles"] == 1
     # and a second episode starts from the newly observed throughput
