@@ -69,17 +69,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_smsc_sim(args: argparse.Namespace) -> int:
-    from gateway.smpp.simulator import SimulatorConfig, serve_forever
+    from gateway.smpp.simulator import GARBAGE, config_with, parse_status, serve_forever
 
-    mix: list[tuple[str, float]] = []
-    for item in args.mix.split(","):
-        state, _, weight = item.partition("=")
-        mix.append((state.strip().upper(), float(weight or 1)))
-    cfg = SimulatorConfig(
-        host=args.host, port=args.port, system_id=args.system_id, password=args.password,
-        receipt_delay_s=args.receipt_delay, receipt_mix=tuple(mix), tps_limit=args.tps,
-        message_id_format=args.id_format, control_host=args.host,
-        control_port=args.control_port, seed=args.seed)
+    try:
+        mix: list[tuple[str, float]] = []
+        for item in args.mix.split(","):
+            state, _, weight = item.partition("=")
+            mix.append((state.strip().upper(), float(weight or 1)))
+        err_status = err_count = None
+        if args.submit_error is not None:
+            status_text, _, count_text = args.submit_error.partition(":")
+            err_status = parse_status(status_text)
+            if count_text and not count_text.isdigit():
+                raise ValueError(f"--submit-error {args.submit_error!r}: COUNT is not a number")
+            err_count = int(count_text) if count_text else None
+        no_resp = args.no_submit_response  # None: not given; 0: every submit; N: the first N
+        # explicit flags win over --personality; None means "flag not given"
+        cfg = config_with(
+            args.personality or (),
+            host=args.host, port=args.port, system_id=args.system_id, password=args.password,
+            receipt_delay_s=args.receipt_delay, receipt_mix=tuple(mix), tps_limit=args.tps,
+            message_id_format=args.id_format, control_host=args.host,
+            control_port=args.control_port, seed=args.seed,
+            black_hole=args.black_hole,
+            no_submit_response=None if no_resp is None else True,
+            no_submit_response_count=no_resp or None,
+            nack_submits=args.nack_submits,
+            submit_error_status=err_status, submit_error_count=err_count,
+            unbind_on_submit=args.unbind_on_submit, refuse_binds=args.refuse_binds,
+            drop_after=args.drop_after, drop_after_pdus=args.drop_after_pdus,
+            garbage_after_bind=None if args.garbage is None else GARBAGE,
+            garbage_count=args.garbage or None,
+            resp_delay_s=args.resp_delay, resp_jitter_s=args.resp_jitter,
+            shuffle_responses=args.shuffle_responses,
+            receipt_before_resp=args.receipt_before_resp,
+            duplicate_receipts=args.duplicate_receipts,
+            shuffle_mo_parts=args.shuffle_mo_parts)
+    except ValueError as exc:
+        print(f"smsgw smsc-sim: {exc}", file=sys.stderr)
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(cfg))
     return 0
@@ -181,6 +209,45 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--control-port", type=int, default=None,
                      help="HTTP control endpoint (GET /stats, POST /mo, /drop, /reset)")
     sim.add_argument("--seed", type=int, default=None)
+    from gateway.smpp.simulator import PERSONALITIES
+
+    fail = sim.add_argument_group(
+        "personalities", "failure modes for tests; explicit flags win over --personality. "
+        "\"The first N\" counts over the whole run.")
+    fail.add_argument("--personality", action="append", choices=tuple(PERSONALITIES),
+                      metavar="NAME", help="a named failure mode (repeatable): "
+                      + ", ".join(PERSONALITIES))
+    fail.add_argument("--black-hole", action="store_true", default=None,
+                      help="accept binds, then never answer anything")
+    fail.add_argument("--no-submit-response", type=int, nargs="?", const=0, metavar="N",
+                      help="accept submits but never answer them (only the first N if given)")
+    fail.add_argument("--nack-submits", type=int, metavar="N",
+                      help="answer the first N submits generic_nack ESME_RSYSERR")
+    fail.add_argument("--submit-error", metavar="STATUS[:COUNT]",
+                      help="answer submits with this error, e.g. 0x45:5 or ESME_RSUBMITFAIL "
+                      "(the first COUNT, or all)")
+    fail.add_argument("--unbind-on-submit", type=int, metavar="N",
+                      help="answer the Nth submit with an unbind and close (once)")
+    fail.add_argument("--refuse-binds", type=int, metavar="N",
+                      help="answer the first N binds ESME_RBINDFAIL")
+    fail.add_argument("--drop-after", type=int, metavar="N",
+                      help="close the connection on the Nth submit, unanswered (once)")
+    fail.add_argument("--drop-after-pdus", type=int, metavar="N",
+                      help="close every connection after it has handled N PDUs")
+    fail.add_argument("--garbage", type=int, nargs="?", const=0, metavar="N",
+                      help="write garbage bytes after each bind (only the first N if given)")
+    fail.add_argument("--resp-delay", type=float, metavar="S",
+                      help="delay every submit_sm_resp by S seconds")
+    fail.add_argument("--resp-jitter", type=float, metavar="S",
+                      help="random extra delay of 0..S seconds per submit_sm_resp")
+    fail.add_argument("--shuffle-responses", action="store_true", default=None,
+                      help="write the submit_sm_resps of one read in random order")
+    fail.add_argument("--receipt-before-resp", action="store_true", default=None,
+                      help="write each receipt before its submit_sm_resp")
+    fail.add_argument("--duplicate-receipts", action="store_true", default=None,
+                      help="send every receipt twice")
+    fail.add_argument("--shuffle-mo-parts", action="store_true", default=None,
+                      help="send multipart MO parts out of order (POST /mo)")
     sim.set_defaults(func=cmd_smsc_sim)
 
     key = sub.add_parser("apikey", help="manage API keys (stored hashed)")

@@ -11,8 +11,12 @@ Each connection is an asyncio task that only moves bytes between its socket and 
 * sends a delivery receipt (``deliver_sm``, ``esm_class`` 0x04) after ``receipt_delay_s`` for
   every part that asked for one; receipts wait for a receiver when none is bound, and receipts
   whose ``deliver_sm_resp`` never came are sent again after the next bind (as a real SMSC does);
-* personalities for failure tests: a TPS limit answered with ``ESME_RTHROTTLED``, slow
-  responses, a dropped connection on the Nth submit, enquire_link probing, a bind limit;
+* personalities for failure tests (each a :class:`SimulatorConfig` field, each a flag of
+  ``smsgw smsc-sim``, several named in :data:`PERSONALITIES`): a black hole, unanswered,
+  nacked or refused submits, an unbind on a submit, refused binds, a TPS limit answered with
+  ``ESME_RTHROTTLED``, dropped connections, garbage bytes, slow, jittered and shuffled
+  responses, receipts before their ``submit_sm_resp``, duplicate receipts, multipart MO out of
+  order, enquire_link probing, a bind limit;
 * test hooks (:meth:`SmscSimulator.inject_mo`, :meth:`~SmscSimulator.drop_connections`,
   :meth:`~SmscSimulator.send_raw`) and an optional aiohttp control endpoint.
 
@@ -36,7 +40,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from smpplib import consts
@@ -61,10 +65,13 @@ from gateway.smpp.session import (
 
 log = logging.getLogger("smsgw.smpp.simulator")
 
+_T = TypeVar("_T")
+
 _RECEIVING = (State.BOUND_RX, State.BOUND_TRX)
 _ESM_UDHI = 0x40
 _ESM_RECEIPT = 0x04
 _READ_SIZE = 256 * 1024
+_HANG_UP_S = 1.0  # how long a closing connection waits for the peer to close its side
 _STATE_TLV_VALUE: dict[ReceiptState, int] = {s: v for v, s in MESSAGE_STATE_TLV.items()}
 _OK_ERR_STATES = frozenset({ReceiptState.DELIVRD, ReceiptState.ACCEPTD, ReceiptState.ENROUTE})
 _LENGTH = struct.Struct(">L")
@@ -107,7 +114,45 @@ class SimulatorConfig:
     reject_prefixes: tuple[str, ...] = ()
     max_binds: int | None = None  # concurrent binds; more are answered ESME_RBINDFAIL
 
+    # -- personalities (see PERSONALITIES); "the first N" counts over the whole run ----------
+    #: accept binds, then answer nothing at all (an unbind from the ESME closes the connection
+    #: unanswered); submits are neither counted nor receipted
+    black_hole: bool = False
+    #: accept and count submits (receipts included) but never write their submit_sm_resp —
+    #: the ambiguous case; only the first ``no_submit_response_count`` when that is set
+    no_submit_response: bool = False
+    no_submit_response_count: int | None = None
+    #: the first N submits are answered generic_nack ESME_RSYSERR (not counted)
+    nack_submits: int = 0
+    #: submits are answered with this error status (not counted): the first
+    #: ``submit_error_count`` of them, or every one when that is None
+    submit_error_status: int | None = None
+    submit_error_count: int | None = None
+    #: the Nth submit is answered with an unbind, then the connection closes (once per run)
+    unbind_on_submit: int | None = None
+    #: the first N binds are answered ESME_RBINDFAIL
+    refuse_binds: int = 0
+    #: every connection is closed once it has handled N PDUs of any kind (bind included)
+    drop_after_pdus: int | None = None
+    #: written right after the bind_resp of the first ``garbage_count`` binds (None: every bind)
+    garbage_after_bind: bytes | None = None
+    garbage_count: int | None = None
+    #: random extra delay (0..resp_jitter_s) per submit_sm_resp, on top of resp_delay_s
+    resp_jitter_s: float = 0.0
+    #: the submit_sm_resps to one read batch are written in a random order
+    shuffle_responses: bool = False
+    #: the receipt is written at once, before the submit_sm_resp (receipt_delay_s unused)
+    receipt_before_resp: bool = False
+    #: every receipt is sent twice
+    duplicate_receipts: bool = False
+    #: default of inject_mo(shuffle_parts=...): multipart MO parts sent out of order
+    shuffle_mo_parts: bool = False
+
     def __post_init__(self) -> None:
+        self._check_basics()
+        self._check_personalities()
+
+    def _check_basics(self) -> None:
         if not self.receipt_mix:
             raise ValueError("receipt_mix needs at least one (state, weight) pair")
         for state, weight in self.receipt_mix:
@@ -126,8 +171,84 @@ class SimulatorConfig:
             raise ValueError("drop_after counts submits from 1")
         if self.enquire_link_interval_s is not None and self.enquire_link_interval_s <= 0:
             raise ValueError("enquire_link_interval_s must be positive")
-        if self.receipt_delay_s < 0 or self.resp_delay_s < 0:
+        if self.receipt_delay_s < 0 or self.resp_delay_s < 0 or self.resp_jitter_s < 0:
             raise ValueError("delays must not be negative")
+
+    def _check_personalities(self) -> None:
+        counts = {"no_submit_response_count": self.no_submit_response_count,
+                  "submit_error_count": self.submit_error_count,
+                  "unbind_on_submit": self.unbind_on_submit,
+                  "drop_after_pdus": self.drop_after_pdus, "garbage_count": self.garbage_count}
+        for name, count in counts.items():
+            if count is not None and count < 1:
+                raise ValueError(f"{name} must be at least 1 (or None)")
+        if self.nack_submits < 0 or self.refuse_binds < 0:
+            raise ValueError("nack_submits and refuse_binds must not be negative")
+        if self.no_submit_response_count is not None and not self.no_submit_response:
+            raise ValueError("no_submit_response_count needs no_submit_response")
+        if self.submit_error_status is None:
+            if self.submit_error_count is not None:
+                raise ValueError("submit_error_count needs submit_error_status")
+        elif not 0 < self.submit_error_status <= 0xFFFFFFFF:
+            raise ValueError("submit_error_status must be a non-zero 32-bit command_status")
+        if self.garbage_after_bind is not None and not self.garbage_after_bind:
+            raise ValueError("garbage_after_bind must not be empty (use None)")
+        if self.garbage_count is not None and self.garbage_after_bind is None:
+            raise ValueError("garbage_count needs garbage_after_bind")
+
+
+#: A nasty fixed pattern for ``garbage_after_bind``: a PDU with an unknown command_id, a
+#: generic_nack nobody asked for, then an absurd command_length no ESME can re-frame (so a
+#: careful ESME drops the connection and binds again).
+GARBAGE = (struct.pack(">LLLL", 16, 0x00000099, 0, 0x7FFFFF01)
+           + struct.pack(">LLLL", 16, 0x80000000, consts.SMPP_ESME_RSYSERR, 0x7FFFFF02)
+           + b"\xff\xff\xff\xf0" + bytes(range(1, 13)))
+
+#: Named personalities for ``smsgw smsc-sim --personality NAME``: SimulatorConfig overrides.
+PERSONALITIES: Mapping[str, Mapping[str, Any]] = {
+    "happy": {},
+    "black-hole": {"black_hole": True},
+    "no-submit-response": {"no_submit_response": True},
+    "nack-submits": {"nack_submits": 5},
+    "submit-error": {"submit_error_status": consts.SMPP_ESME_RSUBMITFAIL,
+                     "submit_error_count": 5},
+    "unbind-on-submit": {"unbind_on_submit": 10},
+    "refuse-binds": {"refuse_binds": 3},
+    "throttle": {"tps_limit": 10.0},
+    "drop-pdus": {"drop_after_pdus": 25},
+    "garbage": {"garbage_after_bind": GARBAGE, "garbage_count": 3},
+    "slow-shuffled": {"resp_delay_s": 0.2, "resp_jitter_s": 0.3, "shuffle_responses": True},
+    "receipt-before-resp": {"receipt_before_resp": True},
+    "mo-out-of-order": {"shuffle_mo_parts": True},
+    "duplicate-receipts": {"duplicate_receipts": True},
+}
+
+
+def config_with(personalities: Iterable[str] = (), **fields: Any) -> SimulatorConfig:
+    """A config from named :data:`PERSONALITIES` (later names win), then ``fields``, where
+    None means "not given" (the command line passes every flag, given or not)."""
+    values: dict[str, Any] = {}
+    for name in personalities:
+        if name not in PERSONALITIES:
+            raise ValueError(f"unknown personality {name!r}; choose from "
+                             f"{', '.join(PERSONALITIES)}")
+        values.update(PERSONALITIES[name])
+    values.update({k: v for k, v in fields.items() if v is not None})
+    return SimulatorConfig(**values)
+
+
+def parse_status(text: str) -> int:
+    """An SMPP command_status from ``0x45``, ``69`` or ``ESME_RSUBMITFAIL``."""
+    name = text.strip().upper().removeprefix("SMPP_")
+    if name.startswith("ESME_"):
+        value = getattr(consts, f"SMPP_{name}", None)
+        if not isinstance(value, int):
+            raise ValueError(f"unknown SMPP status name {text!r}")
+        return value
+    try:
+        return int(name, 0)
+    except ValueError:
+        raise ValueError(f"bad SMPP status {text!r}: use 0x45, 69 or ESME_RSUBMITFAIL") from None
 
 
 # --------------------------------------------------------------------------- internals
@@ -168,8 +289,8 @@ class _Partial:
 class _Connection:
     """One TCP connection: the session, and replies waiting to be written."""
 
-    __slots__ = ("closing", "id", "peer", "pending", "reader", "session", "system_id",
-                 "writer")
+    __slots__ = ("closing", "eof_sent", "id", "pdus", "peer", "pending", "reader", "session",
+                 "system_id", "writer")
 
     def __init__(self, cid: int, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
@@ -179,7 +300,9 @@ class _Connection:
         self.session = Session(Role.SMSC)
         self.pending: list[bytes] = []
         self.closing = False
+        self.eof_sent = False  # our side is shut: later (delayed) replies are lost
         self.system_id = ""
+        self.pdus = 0  # PDUs handled (drop_after_pdus)
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
@@ -191,7 +314,7 @@ class _Connection:
         return not self.closing and self.session.state in _RECEIVING
 
     def write_now(self, data: bytes) -> None:
-        if not self.writer.is_closing():
+        if not self.eof_sent and not self.writer.is_closing():
             self.writer.write(data)
 
 
@@ -245,9 +368,13 @@ class SmscSimulator:
         self.enquire_links_answered = 0  # our probes that ESMEs answered
 
         self._by_destination: dict[str, list[str]] = {}
+        self._ids_by_destination: dict[str, list[str]] = {}
         self._partial: dict[tuple[str, str, int], _Partial] = {}
         self._submits_seen = 0
         self._dropped_once = False
+        # how often each "first N" personality has struck so far
+        self._nacked = self._errored = self._unanswered = self._refused = self._garbaged = 0
+        self._unbound_once = False
         self._tokens = float(max(1.0, cfg.tps_limit or 1.0))
         self._tokens_at = 0.0
         self._mo_ref = 0
@@ -345,6 +472,11 @@ class SmscSimulator:
         """Texts of the completed messages to ``destination``, in arrival order."""
         return list(self._by_destination.get(destination, ()))
 
+    def message_ids(self, destination: str) -> list[str]:
+        """Message ids given (in submit_sm_resp, or not given: no_submit_response) to the
+        accepted parts for ``destination``, in arrival order."""
+        return list(self._ids_by_destination.get(destination, ()))
+
     def duplicates(self) -> dict[tuple[str, str], int]:
         """(destination, text) received more than once → how many times."""
         return {key: n for key, n in self.received.items() if n > 1}
@@ -353,6 +485,7 @@ class SmscSimulator:
         """Forget every count and partial message (message ids keep increasing)."""
         self.received.clear()
         self._by_destination.clear()
+        self._ids_by_destination.clear()
         self._partial.clear()
         self.parts_received = self.submits_throttled = self.binds = 0
         self.receipts_sent = self.receipts_acked = self.receipts_rejected = self.mo_acked = 0
@@ -370,16 +503,24 @@ class SmscSimulator:
             "receipts_sent": self.receipts_sent,
             "receipts_pending": len(self._receipts) + len(self._undelivered),
             "mo_acked": self.mo_acked,
+            # how often each personality struck (never reset: they decide what comes next)
+            "nacked": self._nacked,
+            "errored": self._errored,
+            "unanswered": self._unanswered,
+            "binds_refused": self._refused,
+            "garbage_sent": self._garbaged,
         }
 
     # -- test hooks --------------------------------------------------------------------------
     async def inject_mo(self, *, source: str, destination: str, text: str,
-                        data_coding: int | None = None, udh_parts: bool = True) -> int:
+                        data_coding: int | None = None, udh_parts: bool = True,
+                        shuffle_parts: bool | None = None) -> int:
         """Send a mobile-originated message to a bound receiver; returns the parts sent.
 
         ``data_coding`` None picks GSM-7 or UCS-2 like a handset would; 8 forces UCS-2, 3 sends
         one latin-1 part. Long texts are split with a UDH, or with ``sar_*`` TLVs when
-        ``udh_parts`` is False.
+        ``udh_parts`` is False. ``shuffle_parts`` (default: ``config.shuffle_mo_parts``) sends
+        the parts of a multipart message out of order (never in their own order).
         """
         conn = self._pick_receiver()
         if conn is None:
@@ -403,7 +544,10 @@ class SmscSimulator:
         dst_ton, dst_npi = _ton_npi(destination)
         now = asyncio.get_running_loop().time()
         total = len(parts)
-        for seq, part in enumerate(parts, start=1):
+        numbered = list(enumerate(parts, start=1))
+        if self.config.shuffle_mo_parts if shuffle_parts is None else shuffle_parts:
+            numbered = self._out_of_order(numbered)
+        for seq, part in numbered:
             params: dict[str, Any] = {
                 "source_addr": source, "source_addr_ton": src_ton, "source_addr_npi": src_npi,
                 "destination_addr": destination, "dest_addr_ton": dst_ton,
@@ -421,6 +565,14 @@ class SmscSimulator:
         log.info("MO injected from %s to %s: %d part(s) on %r", mask_msisdn(source),
                  mask_msisdn(destination), total, conn)
         return total
+
+    def _out_of_order(self, items: list[_T]) -> list[_T]:
+        """``items`` shuffled, and never left in their own order when there are two or more."""
+        shuffled = list(items)
+        self._rng.shuffle(shuffled)
+        if len(shuffled) > 1 and shuffled == items:
+            shuffled.append(shuffled.pop(0))
+        return shuffled
 
     async def drop_connections(self) -> int:
         """Close every TCP connection abruptly (no unbind); returns how many."""
@@ -472,7 +624,11 @@ class SmscSimulator:
         loop = asyncio.get_running_loop()
         read = conn.reader.read
         session = conn.session
-        delay = self.config.resp_delay_s
+        cfg = self.config
+        # submit_sm_resps of one read go through _write_replies when they are delayed or
+        # shuffled; otherwise straight into conn.pending, in order with every other reply
+        batched = cfg.resp_delay_s > 0 or cfg.resp_jitter_s > 0 or cfg.shuffle_responses
+        max_pdus = cfg.drop_after_pdus
         while not conn.closing:
             data = await read(_READ_SIZE)
             if not data:
@@ -480,17 +636,74 @@ class SmscSimulator:
                 break
             now = loop.time()
             session.receive_data(data, now=now)
-            delayed: list[bytes] | None = [] if delay > 0 else None
+            replies: list[bytes] = [] if batched else conn.pending
             for event in session.events():
-                self._on_event(conn, event, now, delayed)
+                if not (cfg.black_hole and self._swallowed(conn, event)):
+                    self._on_event(conn, event, now, replies)
+                conn.pdus += 1
+                if max_pdus is not None and conn.pdus >= max_pdus and not conn.closing:
+                    conn.closing = True
+                    log.info("drop_after_pdus=%d reached: closing %r", max_pdus, conn)
                 if conn.closing:
                     break
-            if delayed:
-                loop.call_later(delay, conn.write_now, b"".join(delayed))
+            if replies is not conn.pending:
+                self._write_replies(conn, replies)
             await self._flush_dirty()
         if conn.pending:
             conn.write_now(b"".join(conn.pending))
             conn.pending.clear()
+        await self._hang_up(conn)
+
+    async def _hang_up(self, conn: _Connection) -> None:
+        """Close our side after what we wrote (FIN, not RST), and read until the peer closes.
+
+        Closing a socket that still holds unread bytes makes the kernel send a reset, and a
+        reset can destroy answers the peer has not read yet — which would turn answered
+        submits into ambiguous ones. Answers to our own requests still count meanwhile.
+        """
+        writer = conn.writer
+        if self._stopping or writer.is_closing() or not writer.can_write_eof():
+            return
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            conn.eof_sent = True
+            writer.write_eof()
+            async with asyncio.timeout(_HANG_UP_S):
+                while data := await conn.reader.read(_READ_SIZE):
+                    conn.session.receive_data(data, now=loop.time())
+                    for event in conn.session.events():
+                        if isinstance(event, Response):
+                            self._on_response(conn, event)
+
+    def _write_replies(self, conn: _Connection, replies: list[bytes]) -> None:
+        """Write one read's submit_sm_resps: shuffled, delayed and jittered as configured."""
+        if not replies:
+            return
+        cfg = self.config
+        if cfg.shuffle_responses:
+            replies = self._out_of_order(replies)
+        delay, jitter = cfg.resp_delay_s, cfg.resp_jitter_s
+        if delay <= 0 and jitter <= 0:
+            conn.pending.extend(replies)
+            self._dirty.add(conn)
+            return
+        loop = asyncio.get_running_loop()
+        if jitter <= 0:
+            loop.call_later(delay, conn.write_now, b"".join(replies))
+            return
+        for reply in replies:
+            loop.call_later(delay + self._rng.uniform(0.0, jitter), conn.write_now, reply)
+
+    def _swallowed(self, conn: _Connection, event: Event) -> bool:
+        """Black hole: once bound, every request goes unanswered (True: ignore ``event``)."""
+        if not conn.system_id or isinstance(event, Response):
+            return False  # binding is answered, and answers to our own requests are read
+        if isinstance(event, Received) and event.command == "unbind":
+            conn.closing = True  # not even an unbind_resp: just hang up
+        elif isinstance(event, BadPdu) and event.fatal:
+            conn.closing = True
+        log.debug("black hole: %r ignores %s", conn, type(event).__name__)
+        return True
 
     def _forget(self, conn: _Connection) -> None:
         conn.closing = True
@@ -498,7 +711,9 @@ class SmscSimulator:
         self._dirty.discard(conn)
         if conn in self._receivers:
             self._receivers.remove(conn)
-        lost = [o.ref for o in conn.session.abandon() if isinstance(o.ref, _Receipt)]
+        # dict.fromkeys: a receipt sent twice (duplicate_receipts) is queued again only once
+        lost = list(dict.fromkeys(o.ref for o in conn.session.abandon()
+                                  if isinstance(o.ref, _Receipt)))
         if lost and not self._stopping:
             # deliver_sm written but never answered: deliver again after the next bind
             self._undelivered.extendleft(reversed(lost))
@@ -531,12 +746,13 @@ class SmscSimulator:
             return codec.encode(reply.command, sequence=reply.sequence, status=reply.status)
 
     # -- events ------------------------------------------------------------------------------
-    def _on_event(self, conn: _Connection,
-                  event: Event, now: float, delayed: list[bytes] | None) -> None:
+    def _on_event(self, conn: _Connection, event: Event, now: float,
+                  replies: list[bytes]) -> None:
+        """Act on one event; submit_sm_resps go to ``replies``, other answers to pending."""
         if isinstance(event, Received):
             command = event.pdu.command
             if command == "submit_sm":
-                self._on_submit(conn, event.pdu, now, delayed)
+                self._on_submit(conn, event.pdu, now, replies)
             elif command == "enquire_link":
                 self.enquire_links_received += 1
                 conn.pending.append(conn.session.send(
@@ -574,7 +790,10 @@ class SmscSimulator:
         pdu = event.pdu
         system_id = pdu.text("system_id")
         status = consts.SMPP_ESME_ROK
-        if system_id != cfg.system_id:
+        if self._refused < cfg.refuse_binds:
+            self._refused += 1
+            status = consts.SMPP_ESME_RBINDFAIL
+        elif system_id != cfg.system_id:
             status = consts.SMPP_ESME_RINVSYSID
         elif pdu.text("password") != cfg.password:
             status = consts.SMPP_ESME_RINVPASWD
@@ -591,6 +810,13 @@ class SmscSimulator:
         self.binds += 1
         log.info("%r bound as %s (system_id %s)", conn, pdu.command.removeprefix("bind_"),
                  system_id)
+        garbage = cfg.garbage_after_bind
+        if garbage is not None and (cfg.garbage_count is None
+                                    or self._garbaged < cfg.garbage_count):
+            self._garbaged += 1
+            conn.pending.append(garbage)
+            log.info("garbage_after_bind: %d garbage byte(s) after the bind_resp to %r",
+                     len(garbage), conn)
         if conn.can_receive:
             self._receivers.append(conn)
             if self._undelivered:
@@ -616,7 +842,7 @@ class SmscSimulator:
 
     # -- submit_sm ---------------------------------------------------------------------------
     def _on_submit(self, conn: _Connection, pdu: codec.Pdu, now: float,
-                   delayed: list[bytes] | None) -> None:
+                   out: list[bytes]) -> None:
         cfg = self.config
         self._submits_seen += 1
         if self._submits_seen == cfg.drop_after and not self._dropped_once:
@@ -625,26 +851,76 @@ class SmscSimulator:
             log.warning("drop_after=%d reached: closing %r without answering", cfg.drop_after,
                         conn)
             return
-        out = conn.pending if delayed is None else delayed
+        if self._submits_seen == cfg.unbind_on_submit and not self._unbound_once:
+            self._unbind_instead(conn, out, now)
+            return
+        refusal = self._refusal(pdu, now)
+        if refusal is not None:
+            command, status = refusal
+            out.append(conn.session.send(Reply(command=command, sequence=pdu.sequence,
+                                               status=status), now=now))
+            return
         params = pdu.params
-        destination = params.get("destination_addr") or ""
-        if not destination or destination.startswith(cfg.reject_prefixes):
-            out.append(conn.session.send(Reply(command="submit_sm_resp", sequence=pdu.sequence,
-                                               status=consts.SMPP_ESME_RINVDSTADR), now=now))
-            return
-        if cfg.tps_limit is not None and not self._take_token(now, cfg.tps_limit):
-            self.submits_throttled += 1
-            out.append(conn.session.send(Reply(command="submit_sm_resp", sequence=pdu.sequence,
-                                               status=consts.SMPP_ESME_RTHROTTLED), now=now))
-            return
         n = self._next_id
         self._next_id = n + 1
         message_id = f"{n:x}" if self._hex_ids else str(n)
+        destination = params.get("destination_addr") or ""
+        text = self._record_part(params, destination)
+        self._ids_by_destination.setdefault(destination, []).append(message_id)
+        if params.get("registered_delivery", 0) & 1:
+            receipt = self._new_receipt(params, message_id, text, now)
+            if cfg.receipt_before_resp:
+                self._receipt_first(conn, receipt, now)
+            else:
+                self._receipts.append(receipt)
+                if len(self._receipts) == 1:
+                    self._receipt_wakeup.set()
+        if cfg.no_submit_response and (cfg.no_submit_response_count is None
+                                       or self._unanswered < cfg.no_submit_response_count):
+            self._unanswered += 1
+            log.debug("no_submit_response: submit_sm %d on %r accepted, never answered",
+                      pdu.sequence, conn)
+            return
         out.append(conn.session.send(Reply(command="submit_sm_resp", sequence=pdu.sequence,
                                            params={"message_id": message_id}), now=now))
-        text = self._record_part(params, destination)
-        if params.get("registered_delivery", 0) & 1:
-            self._schedule_receipt(params, message_id, text, now)
+
+    def _refusal(self, pdu: codec.Pdu, now: float) -> tuple[str, int] | None:
+        """(reply command, error status) when this submit is refused, else None."""
+        cfg = self.config
+        if self._nacked < cfg.nack_submits:
+            self._nacked += 1
+            return "generic_nack", consts.SMPP_ESME_RSYSERR
+        if cfg.submit_error_status is not None and (
+                cfg.submit_error_count is None or self._errored < cfg.submit_error_count):
+            self._errored += 1
+            return "submit_sm_resp", cfg.submit_error_status
+        destination = pdu.params.get("destination_addr") or ""
+        if not destination or destination.startswith(cfg.reject_prefixes):
+            return "submit_sm_resp", consts.SMPP_ESME_RINVDSTADR
+        if cfg.tps_limit is not None and not self._take_token(now, cfg.tps_limit):
+            self.submits_throttled += 1
+            return "submit_sm_resp", consts.SMPP_ESME_RTHROTTLED
+        return None
+
+    def _unbind_instead(self, conn: _Connection, out: list[bytes], now: float) -> None:
+        """unbind_on_submit: answer this submit with an unbind, then close the connection."""
+        self._unbound_once = True
+        if out is not conn.pending:  # answers to earlier submits of this read go first
+            conn.pending.extend(out)
+            out.clear()
+        with contextlib.suppress(LocalProtocolError):
+            conn.pending.append(conn.session.send(Request(command="unbind"), now=now))
+        conn.closing = True
+        log.warning("unbind_on_submit=%d reached: unbinding %r instead of answering",
+                    self.config.unbind_on_submit, conn)
+
+    def _receipt_first(self, conn: _Connection, receipt: _Receipt, now: float) -> None:
+        """receipt_before_resp: the receipt goes out now, ahead of the submit_sm_resp."""
+        self._dispatch([receipt], now)
+        for other in list(self._dirty):  # a receiver on another connection: write it now
+            if other is not conn and other.pending:
+                other.write_now(b"".join(other.pending))
+                other.pending.clear()
 
     def _take_token(self, now: float, rate: float) -> bool:
         """Token bucket holding one second's worth of submits."""
@@ -710,9 +986,9 @@ class SmscSimulator:
         value = int(message_id, 16 if self._hex_ids else 10)
         return f"{value:X}" if fmt == "hex" else str(value)
 
-    def _schedule_receipt(self, params: Mapping[str, Any], message_id: str, text: str,
-                          now: float) -> None:
-        self._receipts.append(_Receipt(
+    def _new_receipt(self, params: Mapping[str, Any], message_id: str, text: str,
+                     now: float) -> _Receipt:
+        return _Receipt(
             due=now + self.config.receipt_delay_s,
             message_id=self._receipt_id(message_id).encode("ascii"),
             state=self._pick_state(),
@@ -724,9 +1000,7 @@ class SmscSimulator:
             destination_npi=params.get("source_addr_npi", 0),
             submitted_at=datetime.now(),
             text=text[:20],
-        ))
-        if len(self._receipts) == 1:
-            self._receipt_wakeup.set()
+        )
 
     async def _run_receipts(self) -> None:
         loop = asyncio.get_running_loop()
@@ -755,6 +1029,7 @@ class SmscSimulator:
     def _dispatch(self, receipts: Iterable[_Receipt], now: float) -> None:
         """Send receipts round-robin to receivers; without one they wait for the next bind."""
         done = datetime.now()
+        copies = 2 if self.config.duplicate_receipts else 1
         for rec in receipts:
             conn = self._pick_receiver()
             if conn is None:
@@ -764,17 +1039,20 @@ class SmscSimulator:
             short_message = format_receipt_text(
                 message_id=rec.message_id.decode("ascii"), state=rec.state,
                 submit_date=rec.submitted_at, done_date=done, err=err, text=rec.text)
-            base = conn.session.send(Request(command="deliver_sm", ref=rec, params={
+            params = {
                 "source_addr": rec.source, "source_addr_ton": rec.source_ton,
                 "source_addr_npi": rec.source_npi, "destination_addr": rec.destination,
                 "dest_addr_ton": rec.destination_ton, "dest_addr_npi": rec.destination_npi,
                 "esm_class": _ESM_RECEIPT, "short_message": short_message,
-            }), now=now)
+            }
             # TLVs appended by hand: smpplib's generic encoder costs ~10x the fast path
             tlvs = _receipt_tlvs(rec.message_id, _STATE_TLV_VALUE[rec.state])
-            conn.pending.append(_LENGTH.pack(len(base) + len(tlvs)) + base[4:] + tlvs)
+            for _ in range(copies):
+                base = conn.session.send(Request(command="deliver_sm", ref=rec, params=params),
+                                         now=now)
+                conn.pending.append(_LENGTH.pack(len(base) + len(tlvs)) + base[4:] + tlvs)
+                self.receipts_sent += 1
             self._dirty.add(conn)
-            self.receipts_sent += 1
 
     def _pick_receiver(self) -> _Connection | None:
         receivers = self._receivers
@@ -835,11 +1113,14 @@ class SmscSimulator:
             data_coding = body.get("data_coding")
             if data_coding is not None and not isinstance(data_coding, int):
                 raise TypeError("data_coding must be an integer")
+            shuffle = body.get("shuffle_parts")
+            if shuffle is not None and not isinstance(shuffle, bool):
+                raise TypeError("shuffle_parts must be a boolean")
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             return web.json_response({"error": f"bad request: {exc}"}, status=400)
         try:
             parts = await self.inject_mo(source=source, destination=destination, text=text,
-                                         data_coding=data_coding)
+                                         data_coding=data_coding, shuffle_parts=shuffle)
         except NoReceiverError as exc:
             return web.json_response({"error": str(exc)}, status=409)
         except ValueError as exc:
@@ -854,10 +1135,33 @@ class SmscSimulator:
         return web.json_response({"ok": True})
 
 
+_BEHAVIOUR_FIELDS = (
+    "black_hole", "no_submit_response", "no_submit_response_count", "nack_submits",
+    "submit_error_status", "submit_error_count", "unbind_on_submit", "refuse_binds",
+    "tps_limit", "drop_after", "drop_after_pdus", "garbage_after_bind", "garbage_count",
+    "resp_delay_s", "resp_jitter_s", "shuffle_responses", "receipt_before_resp",
+    "duplicate_receipts", "shuffle_mo_parts", "reject_prefixes", "max_binds",
+    "enquire_link_interval_s",
+)
+
+
+def describe_personality(config: SimulatorConfig) -> str:
+    """The non-default behaviour of ``config`` in one line ("happy" when there is none)."""
+    happy = SimulatorConfig()
+    parts = []
+    for name in _BEHAVIOUR_FIELDS:
+        value = getattr(config, name)
+        if value != getattr(happy, name):
+            shown = f"{len(value)} bytes" if isinstance(value, bytes) else value
+            parts.append(f"{name}={shown}")
+    return ", ".join(parts) or "happy"
+
+
 async def serve_forever(config: SimulatorConfig) -> None:
     """Run a simulator until cancelled (the ``smsgw smsc-sim`` command)."""
     async with SmscSimulator(config) as sim:
         control = f", control {sim.control_url}" if sim.control_url else ""
-        log.info("SMSC simulator listening on %s:%d (system_id %s)%s", config.host, sim.port,
-                 config.system_id, control)
+        log.info("SMSC simulator listening on %s:%d (system_id %s)%s; personality: %s",
+                 config.host, sim.port, config.system_id, control,
+                 describe_personality(config))
         await asyncio.Event().wait()

@@ -29,7 +29,16 @@ from gateway.smpp.session import (
     State,
     StrayResponse,
 )
-from gateway.smpp.simulator import NoReceiverError, SimulatorConfig, SmscSimulator
+from gateway.smpp.simulator import (
+    GARBAGE,
+    PERSONALITIES,
+    NoReceiverError,
+    SimulatorConfig,
+    SmscSimulator,
+    config_with,
+    describe_personality,
+    parse_status,
+)
 
 TIMEOUT = 5.0
 SENDER = "8088"
@@ -53,6 +62,8 @@ class Esme:
         self.waiting: dict[int, asyncio.Future[Response]] = {}
         self.delivered: asyncio.Queue[Pdu] = asyncio.Queue()
         self.requests_seen: list[str] = []
+        self.order: list[str] = []  # "deliver_sm", "submit_sm_resp", ... as they arrived
+        self.answered: list[int] = []  # refs of our requests, in the order answered
         self.strays: list[Pdu] = []
         self.bad: list[BadPdu] = []
         self.closed = asyncio.Event()
@@ -124,11 +135,14 @@ class Esme:
         if isinstance(event, Response):
             ref = event.ref
             assert isinstance(ref, int)
+            self.order.append(event.pdu.command)
+            self.answered.append(ref)
             fut = self.waiting.pop(ref)
             if not fut.done():
                 fut.set_result(event)
         elif isinstance(event, Received):
             self.requests_seen.append(event.command)
+            self.order.append(event.command)
             if event.command == "deliver_sm":
                 self.delivered.put_nowait(event.pdu)
                 if not self.auto_ack:
@@ -605,3 +619,281 @@ async def test_control_endpoint(make_sim: SimFactory, connect: EsmeFactory) -> N
     status, body = await asyncio.to_thread(_http, f"{url}/drop", {})
     assert status == 200 and body == {"dropped": 1}
     await asyncio.wait_for(esme.closed.wait(), TIMEOUT)
+
+
+# --------------------------------------------------------------------------- personalities
+# One test per knob of issue 3 item 8; tests/integration/test_personalities.py runs the whole
+# gateway against each of them.
+
+async def _settle(*futs: asyncio.Future[Response]) -> None:
+    """Collect futures failed by a closed connection (so none is left unretrieved)."""
+    await asyncio.gather(*futs, return_exceptions=True)
+
+
+async def test_black_hole_answers_the_bind_and_nothing_else(make_sim: SimFactory,
+                                                            connect: EsmeFactory) -> None:
+    sim = await make_sim(black_hole=True)
+    esme = await connect(sim)  # the bind is answered
+    probe = esme.send_request("enquire_link")
+    sub = esme.send_request("submit_sm", **submit_params(short_message=b"into the void",
+                                                         registered_delivery=1))
+    await esme.writer.drain()
+    await asyncio.sleep(0.3)
+    assert not probe.done() and not sub.done()
+    assert sim.parts_received == 0 and sim.receipts_sent == 0
+    unbind = esme.send_request("unbind")  # not even this: the connection is just closed
+    await esme.writer.drain()
+    await asyncio.wait_for(esme.closed.wait(), TIMEOUT)
+    await _settle(probe, sub, unbind)
+    assert isinstance(unbind.exception(), ConnectionResetError)
+    again = await connect(sim)  # binds are still accepted
+    assert again.session.bound
+
+
+async def test_no_submit_response_accepts_but_never_answers(make_sim: SimFactory,
+                                                            connect: EsmeFactory) -> None:
+    sim = await make_sim(no_submit_response=True, no_submit_response_count=2)
+    esme = await connect(sim)
+    futs = [esme.send_request("submit_sm", **submit_params(
+        short_message=f"m{i}".encode(), registered_delivery=1)) for i in range(3)]
+    await esme.writer.drain()
+    assert (await asyncio.wait_for(futs[2], TIMEOUT)).ok
+    assert (await esme.request("enquire_link")).ok  # everything else is answered
+    assert not futs[0].done() and not futs[1].done()
+    # the SMSC took all three (the ambiguous case) and sends a receipt for each
+    assert sim.messages(PHONE) == ["m0", "m1", "m2"]
+    receipts = {(await esme.next_deliver()).text("receipted_message_id") for _ in range(3)}
+    assert receipts == set(sim.message_ids(PHONE)) and len(receipts) == 3
+    assert sim.stats()["unanswered"] == 2
+    assert (await esme.submit("m3")).ok  # only the first two
+    await esme.close()
+    await _settle(*futs)
+
+
+async def test_no_submit_response_forever(make_sim: SimFactory, connect: EsmeFactory) -> None:
+    sim = await make_sim(no_submit_response=True)
+    esme = await connect(sim)
+    futs = [esme.send_request("submit_sm", **submit_params(short_message=b"x"))
+            for _ in range(5)]
+    await esme.writer.drain()
+    await wait_until(lambda: sim.parts_received == 5)
+    await asyncio.sleep(0.1)
+    assert not any(f.done() for f in futs)
+    await esme.close()
+    await _settle(*futs)
+
+
+async def test_nack_submits(make_sim: SimFactory, connect: EsmeFactory) -> None:
+    sim = await make_sim(nack_submits=2)
+    esme = await connect(sim)
+    first = await esme.submit("one")
+    second = await esme.submit("one")
+    for resp in (first, second):
+        assert resp.pdu.command == "generic_nack" and resp.status == consts.SMPP_ESME_RSYSERR
+    third = await esme.submit("one")
+    assert third.ok and third.pdu.command == "submit_sm_resp"
+    assert sim.messages(PHONE) == ["one"] and sim.stats()["nacked"] == 2
+
+
+@pytest.mark.parametrize("count", [2, None])
+async def test_submit_error_status(make_sim: SimFactory, connect: EsmeFactory,
+                                   count: int | None) -> None:
+    sim = await make_sim(submit_error_status=consts.SMPP_ESME_RSUBMITFAIL,
+                         submit_error_count=count)
+    esme = await connect(sim)
+    resps = [await esme.submit(f"try {i}") for i in range(4)]
+    statuses = [r.status for r in resps]
+    assert all(r.pdu.command == "submit_sm_resp" for r in resps)
+    if count is None:
+        assert statuses == [consts.SMPP_ESME_RSUBMITFAIL] * 4 and sim.parts_received == 0
+    else:
+        assert statuses == [consts.SMPP_ESME_RSUBMITFAIL] * 2 + [0, 0]
+        assert sim.messages(PHONE) == ["try 2", "try 3"]
+
+
+async def test_unbind_on_submit(make_sim: SimFactory, connect: EsmeFactory) -> None:
+    sim = await make_sim(unbind_on_submit=3)
+    esme = await connect(sim)
+    futs = [esme.send_request("submit_sm", **submit_params(short_message=f"u{i}".encode()))
+            for i in range(4)]
+    await esme.writer.drain()
+    await asyncio.wait_for(esme.closed.wait(), TIMEOUT)
+    await _settle(*futs)
+    # the two before it were answered first; the third got an unbind; the fourth nothing
+    assert [f.exception() is None for f in futs] == [True, True, False, False]
+    assert esme.order[-1] == "unbind" and esme.order.count("submit_sm_resp") == 2
+    assert sim.messages(PHONE) == ["u0", "u1"]
+    again = await connect(sim)  # once per run
+    assert (await again.submit("u2")).ok and (await again.submit("u3")).ok
+    assert sim.messages(PHONE) == ["u0", "u1", "u2", "u3"]
+
+
+async def test_refuse_binds(make_sim: SimFactory, connect: EsmeFactory) -> None:
+    sim = await make_sim(refuse_binds=2)
+    esme = await connect(sim, None)
+    for _ in range(2):
+        resp = await esme.bind()
+        assert resp.status == consts.SMPP_ESME_RBINDFAIL
+    assert (await esme.bind()).ok  # the same connection may try again
+    assert sim.binds == 1 and sim.stats()["binds_refused"] == 2
+
+
+async def test_drop_after_pdus(make_sim: SimFactory, connect: EsmeFactory) -> None:
+    sim = await make_sim(drop_after_pdus=3)
+    esme = await connect(sim)  # PDU 1
+    assert (await esme.request("enquire_link")).ok  # PDU 2
+    futs = [esme.send_request("submit_sm", **submit_params(short_message=f"p{i}".encode()))
+            for i in range(3)]  # PDU 3 is handled and answered, then the connection closes
+    await esme.writer.drain()
+    await asyncio.wait_for(esme.closed.wait(), TIMEOUT)
+    await _settle(*futs)
+    assert [f.exception() is None for f in futs] == [True, False, False]
+    assert sim.messages(PHONE) == ["p0"]
+    again = await connect(sim)  # every connection gets its own N
+    assert (await again.submit("p1")).ok
+    assert (await again.submit("p2")).ok
+    await asyncio.wait_for(again.closed.wait(), TIMEOUT)
+    assert sim.messages(PHONE) == ["p0", "p1", "p2"]
+
+
+async def test_garbage_after_bind(make_sim: SimFactory, connect: EsmeFactory) -> None:
+    sim = await make_sim(garbage_after_bind=GARBAGE, garbage_count=1)
+    esme = await connect(sim)
+    await wait_until(lambda: any(b.fatal for b in esme.bad))
+    assert [b.kind for b in esme.bad] == ["unknown_command", "framing"]
+    assert esme.strays and esme.strays[0].command == "generic_nack"  # nobody asked for it
+    clean = await connect(sim)  # only after the first bind
+    assert (await clean.submit("after garbage")).ok
+    assert not clean.bad and sim.stats()["garbage_sent"] == 1
+
+
+async def test_shuffled_responses(make_sim: SimFactory, connect: EsmeFactory) -> None:
+    sim = await make_sim(shuffle_responses=True, seed=3)
+    esme = await connect(sim)
+    first = len(esme.answered)
+    resps = await esme.submit_many([submit_params(short_message=f"s{i}".encode())
+                                    for i in range(8)])
+    assert all(r.ok for r in resps)
+    answered = esme.answered[first:]
+    assert len(answered) == len(set(answered)) == 8  # all eight, once each
+    assert answered != sorted(answered)  # never in request order
+    ids = [r.pdu.text("message_id") for r in resps]
+    assert len(set(ids)) == 8 and sorted(ids) == sorted(sim.message_ids(PHONE))
+    # each response still carries the id of its own submit (ids are given in arrival order)
+    assert [sim.message_ids(PHONE).index(i) for i in ids] == list(range(8))
+
+
+async def test_jittered_responses(make_sim: SimFactory, connect: EsmeFactory) -> None:
+    sim = await make_sim(resp_delay_s=0.02, resp_jitter_s=0.1, seed=1)
+    esme = await connect(sim)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resps = await esme.submit_many([submit_params(short_message=f"j{i}".encode())
+                                    for i in range(10)])
+    assert loop.time() - started >= 0.02
+    assert all(r.ok for r in resps) and len({r.pdu.text("message_id") for r in resps}) == 10
+
+
+async def test_receipt_before_resp(make_sim: SimFactory, connect: EsmeFactory) -> None:
+    sim = await make_sim(receipt_before_resp=True, receipt_delay_s=5.0)  # delay unused
+    esme = await connect(sim)
+    resp = await esme.submit("early", registered_delivery=1)
+    assert resp.ok
+    receipt = await esme.next_deliver(timeout=1.0)
+    assert receipt.text("receipted_message_id") == resp.pdu.text("message_id")
+    assert esme.order[-2:] == ["deliver_sm", "submit_sm_resp"]
+
+
+async def test_receipt_before_resp_on_a_separate_receiver(make_sim: SimFactory,
+                                                          connect: EsmeFactory) -> None:
+    sim = await make_sim(receipt_before_resp=True)
+    rx = await connect(sim, "receiver")
+    tx = await connect(sim, "transmitter")
+    resp = await tx.submit("split", registered_delivery=1)
+    receipt = await rx.next_deliver(timeout=1.0)
+    assert resp.ok and receipt.text("receipted_message_id") == resp.pdu.text("message_id")
+
+
+async def test_duplicate_receipts(make_sim: SimFactory, connect: EsmeFactory) -> None:
+    sim = await make_sim(duplicate_receipts=True)
+    esme = await connect(sim)
+    resp = await esme.submit("twice", registered_delivery=1)
+    first, second = await esme.next_deliver(), await esme.next_deliver()
+    assert first.sequence != second.sequence
+    assert {first.text("receipted_message_id"), second.text("receipted_message_id")} == {
+        resp.pdu.text("message_id")}
+    await wait_until(lambda: sim.receipts_acked == 2)
+    assert sim.receipts_sent == 2
+
+
+async def test_duplicate_receipts_unacked_are_resent_once_each(make_sim: SimFactory,
+                                                               connect: EsmeFactory) -> None:
+    sim = await make_sim(duplicate_receipts=True)
+    esme = await connect(sim)
+    esme.auto_ack = False
+    assert (await esme.submit("lost acks", registered_delivery=1)).ok
+    await esme.next_deliver()
+    await esme.next_deliver()
+    await esme.close()
+    again = await connect(sim)  # the receipt comes again: twice, not four times
+    ids = {(await again.next_deliver()).text("receipted_message_id") for _ in range(2)}
+    assert len(ids) == 1
+    await asyncio.sleep(0.1)
+    assert again.delivered.empty() and sim.receipts_sent == 4
+
+
+@pytest.mark.parametrize("by_config", [False, True])
+async def test_multipart_mo_out_of_order(make_sim: SimFactory, connect: EsmeFactory,
+                                         by_config: bool) -> None:
+    sim = await make_sim(shuffle_mo_parts=by_config, seed=5)
+    esme = await connect(sim)
+    long_text = VIETNAMESE * 2
+    parts = await sim.inject_mo(source=PHONE, destination=SENDER, text=long_text,
+                                shuffle_parts=None if by_config else True)
+    assert parts >= 3
+    pdus = [await esme.next_deliver() for _ in range(parts)]
+    seqs = []
+    for pdu in pdus:
+        udh, _ = split_udh(pdu.get("short_message"), pdu.get("esm_class"))
+        assert udh is not None
+        seqs.append(udh.seq)
+    assert sorted(seqs) == list(range(1, parts + 1)) and seqs != sorted(seqs)
+    assert mo_text(pdus) == encode_message(long_text, ref=1).text
+
+
+def test_personality_config_is_checked() -> None:
+    bad: list[dict[str, Any]] = [
+        {"no_submit_response_count": 2},  # needs no_submit_response
+        {"no_submit_response": True, "no_submit_response_count": 0},
+        {"nack_submits": -1}, {"refuse_binds": -2},
+        {"submit_error_status": 0}, {"submit_error_count": 3},
+        {"unbind_on_submit": 0}, {"drop_after_pdus": 0},
+        {"garbage_after_bind": b""}, {"garbage_count": 1},
+        {"resp_jitter_s": -0.1},
+    ]
+    for kwargs in bad:
+        with pytest.raises(ValueError):
+            SimulatorConfig(**kwargs)
+    for overrides in PERSONALITIES.values():  # every named personality is a valid config
+        SimulatorConfig(**overrides)
+    assert describe_personality(SimulatorConfig()) == "happy"
+
+
+def test_config_with_personalities_and_flags() -> None:
+    cfg = config_with(["nack-submits", "duplicate-receipts"], nack_submits=7, port=0,
+                      black_hole=None, tps_limit=None)
+    assert cfg.nack_submits == 7 and cfg.duplicate_receipts and not cfg.black_hole
+    assert cfg.port == 0 and cfg.tps_limit is None
+    garbage = config_with(["garbage"])
+    assert garbage.garbage_after_bind == GARBAGE
+    assert "garbage_after_bind=" in describe_personality(garbage)
+    with pytest.raises(ValueError, match="unknown personality"):
+        config_with(["grumpy"])
+
+
+def test_parse_status() -> None:
+    assert parse_status("0x45") == parse_status("69") == consts.SMPP_ESME_RSUBMITFAIL
+    assert parse_status("ESME_RSUBMITFAIL") == parse_status("smpp_esme_rsubmitfail") == 0x45
+    for bad in ("ESME_NOPE", "forty"):
+        with pytest.raises(ValueError):
+            parse_status(bad)
