@@ -89,6 +89,8 @@ def cmd_smsc_sim(args: argparse.Namespace) -> int:
             args.personality or (),
             host=args.host, port=args.port, system_id=args.system_id, password=args.password,
             receipt_delay_s=args.receipt_delay, receipt_mix=tuple(mix), tps_limit=args.tps,
+            tps_per_bind=args.tps_per_bind, tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key,
             message_id_format=args.id_format, control_host=args.host,
             control_port=args.control_port, seed=args.seed,
             black_hole=args.black_hole,
@@ -204,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--receipt-delay", type=float, default=0.2, help="seconds before a DLR")
     sim.add_argument("--mix", default="DELIVRD=1",
                      help="receipt states and weights, e.g. DELIVRD=0.9,UNDELIV=0.05,EXPIRED=0.05")
-    sim.add_argument("--tps", type=float, default=None, help="answer ESME_RTHROTTLED above this")
+    sim.add_argument("--tps", type=float, default=None,
+                     help="answer ESME_RTHROTTLED above this many submit_sm/s over all binds")
+    sim.add_argument("--tps-per-bind", type=float, default=None,
+                     help="answer ESME_RTHROTTLED above this many submit_sm/s on each bind")
+    sim.add_argument("--tls-cert", default=None, help="serve SMPP over TLS with this PEM cert")
+    sim.add_argument("--tls-key", default=None, help="... and this PEM private key")
     sim.add_argument("--id-format", choices=("hex", "decimal"), default="hex")
     sim.add_argument("--control-port", type=int, default=None,
                      help="HTTP control endpoint (GET /stats, POST /mo, /drop, /reset)")

@@ -35,6 +35,7 @@ import itertools
 import json
 import logging
 import random
+import ssl
 import struct
 import time
 from collections.abc import Iterable, Mapping
@@ -98,6 +99,10 @@ class SimulatorConfig:
     receipt_mix: tuple[tuple[str, float], ...] = (("DELIVRD", 1.0),)
     seed: int | None = None
     tps_limit: float | None = None  # accepted submit_sm per second over every bind
+    tps_per_bind: float | None = None  # accepted submit_sm per second on each connection
+    #: SMPP over TLS: PEM certificate chain and key files (None = plain TCP)
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     message_id_format: Literal["hex", "decimal"] = "hex"
     #: id base in receipts: "same" as submit_sm_resp, or the other base, as some carriers do
     #: (hex in the response, decimal in the receipt or the other way round)
@@ -153,6 +158,24 @@ class SimulatorConfig:
         self._check_personalities()
 
     def _check_basics(self) -> None:
+        self._check_receipt_mix()
+        if self.message_id_format not in ("hex", "decimal"):
+            raise ValueError(f"message_id_format must be 'hex' or 'decimal', "
+                             f"not {self.message_id_format!r}")
+        for name in ("tps_limit", "tps_per_bind"):
+            limit = getattr(self, name)
+            if limit is not None and limit <= 0:
+                raise ValueError(f"{name} must be positive (or None for no limit)")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+        if self.drop_after is not None and self.drop_after < 1:
+            raise ValueError("drop_after counts submits from 1")
+        if self.enquire_link_interval_s is not None and self.enquire_link_interval_s <= 0:
+            raise ValueError("enquire_link_interval_s must be positive")
+        if self.receipt_delay_s < 0 or self.resp_delay_s < 0 or self.resp_jitter_s < 0:
+            raise ValueError("delays must not be negative")
+
+    def _check_receipt_mix(self) -> None:
         if not self.receipt_mix:
             raise ValueError("receipt_mix needs at least one (state, weight) pair")
         for state, weight in self.receipt_mix:
@@ -162,17 +185,6 @@ class SimulatorConfig:
                 raise ValueError(f"negative weight {weight} for {state} in receipt_mix")
         if sum(w for _, w in self.receipt_mix) <= 0:
             raise ValueError("receipt_mix weights must not all be zero")
-        if self.message_id_format not in ("hex", "decimal"):
-            raise ValueError(f"message_id_format must be 'hex' or 'decimal', "
-                             f"not {self.message_id_format!r}")
-        if self.tps_limit is not None and self.tps_limit <= 0:
-            raise ValueError("tps_limit must be positive (or None for no limit)")
-        if self.drop_after is not None and self.drop_after < 1:
-            raise ValueError("drop_after counts submits from 1")
-        if self.enquire_link_interval_s is not None and self.enquire_link_interval_s <= 0:
-            raise ValueError("enquire_link_interval_s must be positive")
-        if self.receipt_delay_s < 0 or self.resp_delay_s < 0 or self.resp_jitter_s < 0:
-            raise ValueError("delays must not be negative")
 
     def _check_personalities(self) -> None:
         counts = {"no_submit_response_count": self.no_submit_response_count,
@@ -286,11 +298,32 @@ class _Partial:
     parts: dict[int, bytes] = field(default_factory=dict)
 
 
+def _take_bind_token(conn: _Connection, now: float, rate: float) -> bool:
+    """Per-connection token bucket holding a tenth of a second's submits (at least one)."""
+    cap = max(1.0, rate / 10)
+    if conn.tokens < 0:
+        conn.tokens, conn.tokens_at = cap, now
+    conn.tokens = min(cap, conn.tokens + (now - conn.tokens_at) * rate)
+    conn.tokens_at = now
+    if conn.tokens >= 1.0:
+        conn.tokens -= 1.0
+        return True
+    return False
+
+
+def _server_tls(cfg: SimulatorConfig) -> ssl.SSLContext | None:
+    if cfg.tls_cert_file is None or cfg.tls_key_file is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
+    return ctx
+
+
 class _Connection:
     """One TCP connection: the session, and replies waiting to be written."""
 
     __slots__ = ("closing", "eof_sent", "id", "pdus", "peer", "pending", "reader", "session",
-                 "system_id", "writer")
+                 "system_id", "tokens", "tokens_at", "writer")
 
     def __init__(self, cid: int, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
@@ -303,6 +336,8 @@ class _Connection:
         self.eof_sent = False  # our side is shut: later (delayed) replies are lost
         self.system_id = ""
         self.pdus = 0  # PDUs handled (drop_after_pdus)
+        self.tokens = -1.0  # tps_per_bind bucket (-1: not started)
+        self.tokens_at = 0.0
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
@@ -402,7 +437,8 @@ class SmscSimulator:
         self._stopping = False
         self._receipt_wakeup = asyncio.Event()
         self._tokens_at = asyncio.get_running_loop().time()
-        self._server = await asyncio.start_server(self._on_connect, cfg.host, cfg.port)
+        self._server = await asyncio.start_server(self._on_connect, cfg.host, cfg.port,
+                                                  ssl=_server_tls(cfg))
         self._scheduler = asyncio.create_task(self._run_receipts(), name="smsc-sim-receipts")
         if cfg.enquire_link_interval_s is not None:
             self._prober = asyncio.create_task(self._run_prober(cfg.enquire_link_interval_s),
@@ -854,7 +890,7 @@ class SmscSimulator:
         if self._submits_seen == cfg.unbind_on_submit and not self._unbound_once:
             self._unbind_instead(conn, out, now)
             return
-        refusal = self._refusal(pdu, now)
+        refusal = self._refusal(conn, pdu, now)
         if refusal is not None:
             command, status = refusal
             out.append(conn.session.send(Reply(command=command, sequence=pdu.sequence,
@@ -884,7 +920,8 @@ class SmscSimulator:
         out.append(conn.session.send(Reply(command="submit_sm_resp", sequence=pdu.sequence,
                                            params={"message_id": message_id}), now=now))
 
-    def _refusal(self, pdu: codec.Pdu, now: float) -> tuple[str, int] | None:
+    def _refusal(self, conn: _Connection, pdu: codec.Pdu, now: float
+                 ) -> tuple[str, int] | None:
         """(reply command, error status) when this submit is refused, else None."""
         cfg = self.config
         if self._nacked < cfg.nack_submits:
@@ -898,6 +935,9 @@ class SmscSimulator:
         if not destination or destination.startswith(cfg.reject_prefixes):
             return "submit_sm_resp", consts.SMPP_ESME_RINVDSTADR
         if cfg.tps_limit is not None and not self._take_token(now, cfg.tps_limit):
+            self.submits_throttled += 1
+            return "submit_sm_resp", consts.SMPP_ESME_RTHROTTLED
+        if cfg.tps_per_bind is not None and not _take_bind_token(conn, now, cfg.tps_per_bind):
             self.submits_throttled += 1
             return "submit_sm_resp", consts.SMPP_ESME_RTHROTTLED
         return None

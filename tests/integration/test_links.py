@@ -72,7 +72,8 @@ async def make_multi(fresh_pg_dsn: str, redis_dsn: str) -> AsyncIterator[MakeMul
                       sims: dict[str, dict[str, Any]] | None = None,
                       routes: list[dict[str, Any]] | None = None,
                       sending: dict[str, Any] | None = None,
-                      queue: str | None = None, start_sims: bool = True) -> Multi:
+                      queue: str | None = None, start_sims: bool = True,
+                      wait_bound: bool = True) -> Multi:
         simulators = {}
         for name in links:
             sim = SmscSimulator(SimulatorConfig(**{"port": 0, "receipt_delay_s": 0.05,
@@ -100,7 +101,7 @@ async def make_multi(fresh_pg_dsn: str, redis_dsn: str) -> AsyncIterator[MakeMul
         http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"})
         multi = Multi(gw, simulators, http, f"http://127.0.0.1:{gw.http_port}")
         made.append(multi)
-        if start_sims:
+        if start_sims and wait_bound:
             assert await gw.wait_bound(5)
         return multi
 
@@ -285,3 +286,34 @@ async def test_shared_account_limit_across_two_gateways(make_multi: MakeMulti) -
     assert set(s1.values()) | set(s2.values()) == {"delivered"}
     # 120 segments at 40/s for the account (burst 4): at least ~2.9 s in all
     assert elapsed >= 2.7, elapsed
+
+
+async def test_smpp_over_tls(make_multi: MakeMulti, tmp_path: Any) -> None:
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    m = await make_multi({"secure": {"tls": True, "tls_ca_file": str(cert)}},
+                         sims={"secure": {"tls_cert_file": str(cert), "tls_key_file": str(key)}})
+    [to] = numbers(1)
+    mid = (await m.send(to=to, text="over TLS"))["id"]
+    assert (await m.wait_terminal([mid]))[mid] == "delivered"
+    assert m.sims["secure"].messages(e164(to)) == ["over TLS"]
+
+
+async def test_tls_certificate_is_verified(make_multi: MakeMulti, tmp_path: Any) -> None:
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    # no CA given: the self-signed certificate must be refused, the link stays down
+    m = await make_multi({"secure": {"tls": True}}, wait_bound=False,
+                         sims={"secure": {"tls_cert_file": str(cert), "tls_key_file": str(key)}})
+    link = m.gw.links["secure"]
+    assert not await link.client.wait_bound(1.0)
+    assert "CERTIFICATE_VERIFY_FAILED" in link.client.status()[0]["last_error"]
+    assert m.sims["secure"].binds == 0
