@@ -166,6 +166,14 @@ class Config:
         return self.smsc or (self.smpp,)
 
     def __post_init__(self) -> None:
+        for link in self.links:
+            # a part may be retried for half of stale_submitting_s and then wait for its
+            # response; past stale_submitting_s the sweeper would treat it as abandoned
+            if link.response_timeout_s >= self.sending.stale_submitting_s / 2:
+                raise ConfigError(
+                    f"smsc {link.name!r}: response_timeout_s ({link.response_timeout_s}) must "
+                    f"be below half of sending.stale_submitting_s "
+                    f"({self.sending.stale_submitting_s})")
         names = [link.name for link in self.links]
         if len(set(names)) != len(names):
             raise ConfigError(f"[[smsc]] names must be unique: {', '.join(names)}")

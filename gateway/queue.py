@@ -55,12 +55,13 @@ class JobQueue:
         self.redis = redis
         self._queue = cfg.queue_name
 
-    async def enqueue_send(self, ids: Sequence[UUID], *, job_id: str | None = None) -> bool:
+    async def enqueue_send(self, ids: Sequence[UUID], *, job_id: str | None = None,
+                           defer_s: float | None = None) -> bool:
         if not ids:
             return False
         jid = job_id or f"send:{ids[0]}" + (f"+{len(ids) - 1}" if len(ids) > 1 else "")
         job = await self.redis.enqueue_job(SEND_FUNCTION, [str(i) for i in ids], _job_id=jid,
-                                           _queue_name=self._queue)
+                                           _queue_name=self._queue, _defer_by=defer_s)
         return job is not None
 
     async def depth(self) -> int:

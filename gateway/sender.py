@@ -58,6 +58,8 @@ TRANSIENT_STATUSES = frozenset({
 })
 
 MoHandler = Callable[[Pdu, str], Awaitable[int]]
+#: Re-enqueue messages put back in the queue, after a delay (s): (ids, delay, attempt)
+Requeue = Callable[[Sequence[UUID], float, int], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +100,14 @@ class Sender:
 
     def __init__(self, *, store: MessageStore, links: Mapping[str, Link], router: Router,
                  ledger: LedgerWriter, sending: SendingConfig,
-                 on_mo: MoHandler | None = None) -> None:
+                 on_mo: MoHandler | None = None, requeue: Requeue | None = None) -> None:
         self._store = store
         self._links = links
         self._router = router
         self._ledger = ledger
         self._sending = sending
         self._on_mo = on_mo
+        self._requeue = requeue
         self._ref = random.randrange(256)
         self.submitted_parts = 0
         # Messages claimed (status submitting) but not yet recorded, across every job. Claiming
@@ -200,7 +203,16 @@ class Sender:
         except Exception as exc:  # our bug: never leave the row in 'submitting' silently
             log.exception("message %s: unexpected error while sending", rec.id)
             outcomes = [_Part("requeue", error=f"internal error {type(exc).__name__}: {exc}")]
-        await self._ledger.record(self._result(rec, outcomes, link_used))
+        result = self._result(rec, outcomes, link_used)
+        await self._ledger.record(result)
+        if result.status is MessageStatus.QUEUED and self._requeue is not None:
+            # back off 1, 2, 4 … s per claim (max 60) rather than waiting for the sweeper
+            delay = min(60.0, 2.0 ** max(0, rec.attempts - 1))
+            try:
+                await self._requeue([rec.id], delay, rec.attempts)
+            except Exception as exc:  # Redis down: the sweeper finds the queued row later
+                log.warning("message %s: could not re-enqueue (%s); the sweeper will",
+                            rec.id, exc)
 
     async def _send_on_link(self, rec: MessageRecord, link: Link, parts: Sequence[bytes],
                             data_coding: int, esm_class: int) -> list[_Part]:

@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 from aiohttp import web
@@ -117,7 +119,8 @@ class Gateway:
         self.mo = MoReceiver(InboundStore(self.pool))
         self.sender = Sender(store=self.store, links=self.links,
                              router=Router(cfg.route, list(self.links)), ledger=self.ledger,
-                             sending=cfg.sending, on_mo=self.mo.on_mo)
+                             sending=cfg.sending, on_mo=self.mo.on_mo,
+                             requeue=self._requeue)
         for link in self.links.values():
             link.start()
         renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms",
@@ -167,6 +170,10 @@ class Gateway:
             return await self.sender.on_deliver(pdu, link=link)
 
         return handle
+
+    async def _requeue(self, ids: Sequence[UUID], delay: float, attempt: int) -> None:
+        assert self.queue is not None
+        await self.queue.enqueue_send(ids, job_id=f"retry:{ids[0]}:{attempt}", defer_s=delay)
 
     def _global_bucket(self, link: SmppConfig) -> RedisTokenBucket | None:
         if not link.account_tps:

@@ -317,3 +317,24 @@ async def test_tls_certificate_is_verified(make_multi: MakeMulti, tmp_path: Any)
     assert not await link.client.wait_bound(1.0)
     assert "CERTIFICATE_VERIFY_FAILED" in link.client.status()[0]["last_error"]
     assert m.sims["secure"].binds == 0
+
+
+async def test_a_message_that_could_not_be_sent_is_retried_without_the_sweeper(
+        make_multi: MakeMulti) -> None:
+    # Parts wait at most stale_submitting_s / 2 = 1 s for a bind; then the message goes back
+    # to the queue and is re-enqueued with a growing delay (the sweeper is off here).
+    m = await make_multi({"a": {"response_timeout_s": 0.5}},
+                         sending={"stale_submitting_s": 2.0, "max_attempts": 10})
+    port = m.sims["a"].port
+    await m.sims["a"].stop()
+    [to] = numbers(1)
+    mid = (await m.send(to=to, text="retried later"))["id"]
+    await asyncio.sleep(2.5)
+    detail = await m.get(mid)
+    assert detail["status"] in ("queued", "submitting") and detail["attempts"] >= 1
+    m.sims["a"] = SmscSimulator(SimulatorConfig(port=port, receipt_delay_s=0.05))
+    await m.sims["a"].start()
+    assert (await m.wait_terminal([mid], timeout=20))[mid] == "delivered"
+    assert m.sims["a"].messages(e164(to)) == ["retried later"]
+    assert any("requeued" in e["detail"] or e["status"] == "queued"
+               for e in (await m.get(mid))["events"][1:])
