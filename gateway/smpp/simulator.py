@@ -319,6 +319,11 @@ def _server_tls(cfg: SimulatorConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+_OPTION_FIELDS = ("source_addr", "source_addr_ton", "source_addr_npi", "dest_addr_ton",
+                  "dest_addr_npi", "esm_class", "priority_flag", "validity_period",
+                  "registered_delivery", "data_coding")
+
+
 class _Connection:
     """One TCP connection: the session, and replies waiting to be written."""
 
@@ -403,6 +408,7 @@ class SmscSimulator:
         self.enquire_links_answered = 0  # our probes that ESMEs answered
 
         self._by_destination: dict[str, list[str]] = {}
+        self._options_by_destination: dict[str, list[dict[str, Any]]] = {}
         self._ids_by_destination: dict[str, list[str]] = {}
         self._partial: dict[tuple[str, str, int], _Partial] = {}
         self._submits_seen = 0
@@ -508,6 +514,11 @@ class SmscSimulator:
         """Texts of the completed messages to ``destination``, in arrival order."""
         return list(self._by_destination.get(destination, ()))
 
+    def submit_options(self, destination: str) -> list[dict[str, Any]]:
+        """The SMPP options (TON/NPI, esm_class, priority, validity, registered_delivery,
+        data_coding) of every accepted part for ``destination``, in arrival order."""
+        return list(self._options_by_destination.get(destination, ()))
+
     def message_ids(self, destination: str) -> list[str]:
         """Message ids given (in submit_sm_resp, or not given: no_submit_response) to the
         accepted parts for ``destination``, in arrival order."""
@@ -522,6 +533,7 @@ class SmscSimulator:
         self.received.clear()
         self._by_destination.clear()
         self._ids_by_destination.clear()
+        self._options_by_destination.clear()
         self._partial.clear()
         self.parts_received = self.submits_throttled = self.binds = 0
         self.receipts_sent = self.receipts_acked = self.receipts_rejected = self.mo_acked = 0
@@ -975,6 +987,8 @@ class SmscSimulator:
     def _record_part(self, params: Mapping[str, Any], destination: str) -> str:
         """Count one accepted part; returns (the start of) its text for the receipt."""
         self.parts_received += 1
+        self._options_by_destination.setdefault(destination, []).append(
+            {k: params.get(k) for k in _OPTION_FIELDS})
         data_coding = params.get("data_coding", 0)
         esm_class = params.get("esm_class", 0)
         short_message = params.get("short_message") or _as_bytes(params.get("message_payload"))

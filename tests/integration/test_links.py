@@ -267,6 +267,19 @@ async def test_per_message_options_reach_the_wire(make_multi: MakeMulti) -> None
         "validity_s": 3600, "priority_flag": 2, "registered_delivery": 0}
     assert (await m.wait_terminal([ucs2["id"]]))[ucs2["id"]] == "delivered"
     assert m.sims["a"].messages(e164(to2)) == ["plain ascii but forced UCS-2"]
+    [wire] = m.sims["a"].submit_options(e164(to1))
+    assert wire["validity_period"] == "000000010000000R"  # 1 h, SMPP relative format
+    assert wire["priority_flag"] == 2 and wire["registered_delivery"] == 0
+    assert (wire["source_addr"], wire["source_addr_ton"], wire["source_addr_npi"]) == (
+        "CSKH", 5, 0)  # alphanumeric sender
+    [forced] = m.sims["a"].submit_options(e164(to2))
+    assert forced["data_coding"] == 8
+    numeric = await m.send(to=to1, text="from a short code", sender="1543")
+    long_numeric = await m.send(to=to2, text="from a long number", sender="84901234567")
+    assert set((await m.wait_terminal([numeric["id"], long_numeric["id"]])).values()) == {
+        "delivered"}
+    assert m.sims["a"].submit_options(e164(to1))[-1]["source_addr_ton"] == 3  # network-specific
+    assert m.sims["a"].submit_options(e164(to2))[-1]["source_addr_ton"] == 1  # international
     async with m.http.post(f"{m.base}/v1/messages", json={
             "to": to1, "text": "Tiếng Việt", "data_coding": 0}) as resp:
         body = await resp.json()
