@@ -180,6 +180,38 @@ def cmd_templates(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Ask a running gateway's /healthz and print each link, bind and dependency."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    cfg = _config(args)
+    url = args.url or f"http://{cfg.http.host}:{cfg.http.port}"
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 503 still carries the report
+        body = json.loads(exc.read())
+    except OSError as exc:
+        print(f"smsgw status: no gateway answers at {url} ({exc}); is `smsgw serve` running? "
+              "(--url to point elsewhere)", file=sys.stderr)
+        return 3
+    print(f"gateway {url}: {body.get('status')}   postgres: "
+          f"{'up' if body.get('postgres') else 'DOWN'}   redis: "
+          f"{'up' if body.get('redis') else 'DOWN'}")
+    print(f"{'link':<14} {'up':<4} {'queued':>6} {'in flight':>9} {'throttled':>9} "
+          f"{'rate/s':>8}  binds")
+    for link in body.get("smpp", {}).get("links", []):
+        adaptive = link.get("rate", {}).get("adaptive", {})
+        rate = adaptive.get("rate")
+        binds = ", ".join(f"{b['bind']}={b['state']}" for b in link.get("binds", []))
+        print(f"{link['link']:<14} {'yes' if link['up'] else 'NO':<4} {link['queued']:>6} "
+              f"{link['in_flight']:>9} {link['throttled']:>9} "
+              f"{'-' if rate is None else f'{rate:.0f}':>8}  {binds}")
+    return 0 if body.get("status") == "ok" else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -197,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_migrate)
     sub.add_parser("demo", help="end-to-end demo against the built-in SMSC simulator"
                    ).set_defaults(func=cmd_demo)
+    status = sub.add_parser("status", help="state of a running gateway: links, binds, rates")
+    status.add_argument("--url", help="gateway base URL (default: from [http] in the config)")
+    status.set_defaults(func=cmd_status)
 
     sim = sub.add_parser("smsc-sim", help="run the built-in SMSC simulator")
     sim.add_argument("--host", default="127.0.0.1")

@@ -73,6 +73,11 @@ def test_unreachable_postgres_is_one_clear_line(env: dict[str, str]) -> None:
     assert "127.0.0.1:1" in lines[0] and "SMSGW_DATABASE_DSN" in lines[0]
 
 
+def test_status_without_a_gateway_says_so(env: dict[str, str]) -> None:
+    out = smsgw("status", "--url", "http://127.0.0.1:1", env=env)
+    assert out.returncode == 3 and "no gateway answers at http://127.0.0.1:1" in out.stderr
+
+
 def test_bad_config_is_reported(tmp_path: object, env: dict[str, str]) -> None:
     out = smsgw("migrate", env={**env, "SMSGW_SMPP_WINDOW": "many"})
     assert out.returncode == 2 and "smpp.window" in out.stderr
@@ -151,6 +156,10 @@ def test_serve_sends_and_stops_cleanly_on_sigterm(env: dict[str, str]) -> None:
         assert status == "delivered"
         with urllib.request.urlopen(f"http://127.0.0.1:{ctl_port}/stats", timeout=5) as resp:
             assert json.loads(resp.read())["parts_received"] == 1
+        status_out = smsgw("status", "--url", f"http://127.0.0.1:{http_port}", env=env)
+        assert status_out.returncode == 0, status_out.stdout + status_out.stderr
+        assert "default" in status_out.stdout and "yes" in status_out.stdout
+        assert "postgres: up" in status_out.stdout
         started = time.monotonic()
         serve.send_signal(signal.SIGTERM)
         rc = serve.wait(timeout=15)
