@@ -112,6 +112,9 @@ class Intake:
                                     f"{exc.reason}") from exc
         body, message_class, template_sender = self._body(req)
         sender = check_sender(req.sender or template_sender or self._sending.default_sender)
+        options = dict(req.options)
+        if not req.sender and not template_sender:
+            options["default_sender"] = 1  # a link's own default_sender may replace it
         if req.options.get("data_coding") == 0 and analyse(body).encoding is not Encoding.GSM7:
             raise IntakeError("data_coding", "0 (GSM 7-bit) cannot carry this text; use "
                                              "khong_dau, or data_coding 8")
@@ -129,7 +132,7 @@ class Intake:
             priority=Priority.CARE if message_class is MessageClass.CARE else Priority.BULK,
             template=req.template, khong_dau=req.khong_dau,
             idempotency_key=req.idempotency_key, api_key_id=api_key_id,
-            options=dict(req.options)))
+            options=options))
         if created:
             log.info("message %s to %s queued (%s, %d part(s))", record.id, mask_msisdn(msisdn),
                      info.encoding.value, info.segments)

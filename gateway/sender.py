@@ -164,10 +164,12 @@ class Sender:
     def _params(rec: MessageRecord, link: SmppConfig, part: bytes, data_coding: int,
                 esm_class: int) -> dict[str, Any]:
         opts = rec.options
-        numeric = rec.sender.isdigit()
-        ton = 1 if numeric and len(rec.sender) > 8 else (3 if numeric else link.source_ton)
+        sender = link.default_sender if (link.default_sender and opts.get("default_sender")) \
+            else rec.sender
+        numeric = sender.isdigit()
+        ton = 1 if numeric and len(sender) > 8 else (3 if numeric else link.source_ton)
         params: dict[str, Any] = {
-            "source_addr": rec.sender,
+            "source_addr": sender,
             "source_addr_ton": int(opts.get("source_ton", ton)),
             "source_addr_npi": int(opts.get("source_npi", 1 if numeric else link.source_npi)),
             "destination_addr": rec.msisdn,

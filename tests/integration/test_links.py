@@ -264,7 +264,7 @@ async def test_per_message_options_reach_the_wire(make_multi: MakeMulti) -> None
     await asyncio.sleep(0.6)
     assert (await m.get(no_dlr["id"]))["status"] == "submitted"  # no receipt asked
     assert (await m.get(no_dlr["id"]))["options"] == {
-        "validity_s": 3600, "priority_flag": 2, "registered_delivery": 0}
+        "validity_s": 3600, "priority_flag": 2, "registered_delivery": 0, "default_sender": 1}
     assert (await m.wait_terminal([ucs2["id"]]))[ucs2["id"]] == "delivered"
     assert m.sims["a"].messages(e164(to2)) == ["plain ascii but forced UCS-2"]
     [wire] = m.sims["a"].submit_options(e164(to1))
@@ -351,3 +351,13 @@ async def test_a_message_that_could_not_be_sent_is_retried_without_the_sweeper(
     assert m.sims["a"].messages(e164(to)) == ["retried later"]
     assert any("requeued" in e["detail"] or e["status"] == "queued"
                for e in (await m.get(mid))["events"][1:])
+
+
+async def test_a_links_default_sender_replaces_the_global_default(make_multi: MakeMulti) -> None:
+    m = await make_multi({"a": {"default_sender": "VTCARE"}})
+    to1, to2 = numbers(2)
+    plain = await m.send(to=to1, text="no sender given")
+    chosen = await m.send(to=to2, text="sender chosen", sender="BILLING")
+    assert set((await m.wait_terminal([plain["id"], chosen["id"]])).values()) == {"delivered"}
+    assert m.sims["a"].submit_options(e164(to1))[0]["source_addr"] == "VTCARE"
+    assert m.sims["a"].submit_options(e164(to2))[0]["source_addr"] == "BILLING"
