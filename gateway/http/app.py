@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -154,8 +154,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def create_app(*, intake: Intake, store: MessageStore, apikeys: ApiKeyStore,
                health: HealthCheck, max_body_bytes: int = 1_048_576,
-               key_cache_ttl_s: float = 5.0) -> web.Application:
-    """The aiohttp application; ``key_cache_ttl_s`` bounds how long a revoked key still works."""
+               key_cache_ttl_s: float = 5.0,
+               extensions: Sequence[Callable[[web.Application], None]] = ()
+               ) -> web.Application:
+    """The aiohttp application; ``key_cache_ttl_s`` bounds how long a revoked key still works.
+
+    ``extensions`` add the routes of other features (each registers its handlers and puts its
+    dependencies under its own ``web.AppKey``); handlers declare scopes with
+    :func:`gateway.http.auth.requires_scope`.
+    """
     verifier = KeyVerifier(apikeys, ttl_s=key_cache_ttl_s)
     app = web.Application(client_max_size=max_body_bytes,
                           middlewares=[error_middleware, auth_middleware(verifier)])
@@ -166,4 +173,6 @@ def create_app(*, intake: Intake, store: MessageStore, apikeys: ApiKeyStore,
     app.router.add_post("/v1/messages", post_message)
     app.router.add_get("/v1/messages/{id}", get_message)
     app.router.add_get("/healthz", healthz)
+    for extend in extensions:
+        extend(app)
     return app
