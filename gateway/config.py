@@ -32,7 +32,8 @@ class DatabaseConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RedisConfig:
     dsn: str = "redis://127.0.0.1:6379/0"
-    queue_name: str = "smsgw:queue:send"
+    queue_name: str = "smsgw:queue:send"  # care and transactional messages (the fast lane)
+    bulk_queue_name: str = "smsgw:queue:bulk"  # advertising and broadcasts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +112,9 @@ class SendingConfig:
     stale_submitting_s: float = 120.0  # submitting rows older than this are ambiguous
     batch_size: int = 200  # message ids per arq job from the sweeper
     worker_max_jobs: int = 500
+    # Share of the send capacity (messages claimed and not yet answered) that advertising and
+    # broadcast traffic may use; the rest is kept for care/transactional messages.
+    bulk_capacity_share: float = 0.75
     receipt_timeout_s: float = 172800.0  # no receipt after this → expired (with an event)
     mo_reassembly_timeout_s: float = 600.0  # a multipart MO still missing parts is then stored
 

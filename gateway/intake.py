@@ -141,4 +141,4 @@ class Intake:
 
     async def _enqueue(self, record: MessageRecord) -> None:
         if self._queue is not None:
-            self._queue.add(record.id)
+            self._queue.add(record.id, bulk=record.priority >= Priority.BULK)

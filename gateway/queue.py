@@ -54,18 +54,21 @@ class JobQueue:
     def __init__(self, redis: ArqRedis, cfg: RedisConfig) -> None:
         self.redis = redis
         self._queue = cfg.queue_name
+        self._bulk_queue = cfg.bulk_queue_name
 
     async def enqueue_send(self, ids: Sequence[UUID], *, job_id: str | None = None,
-                           defer_s: float | None = None) -> bool:
+                           defer_s: float | None = None, bulk: bool = False) -> bool:
+        """Enqueue one send job on the care lane, or the bulk lane for advertising."""
         if not ids:
             return False
         jid = job_id or f"send:{ids[0]}" + (f"+{len(ids) - 1}" if len(ids) > 1 else "")
-        job = await self.redis.enqueue_job(SEND_FUNCTION, [str(i) for i in ids], _job_id=jid,
-                                           _queue_name=self._queue, _defer_by=defer_s)
+        job = await self.redis.enqueue_job(
+            SEND_FUNCTION, [str(i) for i in ids], _job_id=jid,
+            _queue_name=self._bulk_queue if bulk else self._queue, _defer_by=defer_s)
         return job is not None
 
-    async def depth(self) -> int:
-        return int(await self.redis.zcard(self._queue))
+    async def depth(self, *, bulk: bool = False) -> int:
+        return int(await self.redis.zcard(self._bulk_queue if bulk else self._queue))
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -83,7 +86,7 @@ class BatchingEnqueuer:
         self._queue = queue
         self._max = max_batch
         self._linger = linger_s
-        self._pending: list[UUID] = []
+        self._pending: dict[bool, list[UUID]] = {False: [], True: []}  # bulk? → ids
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.jobs_enqueued = 0
@@ -91,8 +94,8 @@ class BatchingEnqueuer:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="enqueue-batcher")
 
-    def add(self, message_id: UUID) -> None:
-        self._pending.append(message_id)
+    def add(self, message_id: UUID, *, bulk: bool = False) -> None:
+        self._pending[bulk].append(message_id)
         self._wakeup.set()
 
     async def stop(self) -> None:
@@ -106,7 +109,7 @@ class BatchingEnqueuer:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if len(self._pending) < self._max:
+            if max(len(p) for p in self._pending.values()) < self._max:
                 await asyncio.sleep(self._linger)
             await self._flush()
 
@@ -115,10 +118,15 @@ class BatchingEnqueuer:
         await self._flush()
 
     async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:self._max], self._pending[self._max:]
+        for bulk in (False, True):  # the care lane first
+            await self._flush_lane(bulk)
+
+    async def _flush_lane(self, bulk: bool) -> None:
+        while self._pending[bulk]:
+            batch = self._pending[bulk][:self._max]
+            self._pending[bulk] = self._pending[bulk][self._max:]
             try:
-                await self._queue.enqueue_send(batch)
+                await self._queue.enqueue_send(batch, bulk=bulk)
                 self.jobs_enqueued += 1
             except Exception as exc:  # Redis down: rows stay queued; the sweeper enqueues them
                 log.warning("could not enqueue %d message(s) (%s); the sweeper will retry",

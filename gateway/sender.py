@@ -35,7 +35,7 @@ from uuid import UUID
 from smpplib import consts
 
 from gateway.config import SendingConfig, SmppConfig
-from gateway.domain import MessageStatus
+from gateway.domain import MessageStatus, Priority
 from gateway.ledger import LedgerWriter
 from gateway.masking import mask_msisdn
 from gateway.routing import Router
@@ -58,8 +58,8 @@ TRANSIENT_STATUSES = frozenset({
 })
 
 MoHandler = Callable[[Pdu, str], Awaitable[int]]
-#: Re-enqueue messages put back in the queue, after a delay (s): (ids, delay, attempt)
-Requeue = Callable[[Sequence[UUID], float, int], Awaitable[None]]
+#: Re-enqueue messages put back in the queue: (ids, delay in s, attempt, bulk lane?)
+Requeue = Callable[[Sequence[UUID], float, int, bool], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +115,8 @@ class Sender:
         # set small and its age far below sending.stale_submitting_s.
         slots = sum(link.config.window * len(link.client.binds) for link in links.values())
         self.capacity = max(10, slots * 2)
+        # advertising/broadcast may hold only part of it: care messages always find room
+        self._bulk_floor = self.capacity - max(1, int(self.capacity * sending.bulk_capacity_share))
         self._free = self.capacity
         self._freed = asyncio.Condition()
 
@@ -122,14 +124,17 @@ class Sender:
         self._on_mo = handler
 
     # -- claiming ----------------------------------------------------------------------------
-    async def send_ids(self, ids: Sequence[UUID]) -> int:
-        """Send the given messages if still queued; returns how many this run claimed."""
+    async def send_ids(self, ids: Sequence[UUID], *, bulk: bool = False) -> int:
+        """Send the given messages if still queued; returns how many this run claimed.
+
+        ``bulk`` jobs (advertising, broadcasts) claim only while the reserved share of the
+        capacity stays free for care and transactional messages."""
         claimed_total = 0
         tasks: list[asyncio.Task[None]] = []
-        chunk = max(1, self.capacity // 2)
+        chunk = max(1, min(self.capacity - self._bulk_floor, self.capacity // 2))
         for i in range(0, len(ids), chunk):
             part = ids[i:i + chunk]
-            await self._acquire(len(part))
+            await self._acquire(len(part), keep=self._bulk_floor if bulk else 0)
             claimed = await self._store.claim(part)
             await self._release(len(part) - len(claimed))
             claimed_total += len(claimed)
@@ -138,9 +143,9 @@ class Sender:
             await asyncio.gather(*tasks)
         return claimed_total
 
-    async def _acquire(self, n: int) -> None:
+    async def _acquire(self, n: int, *, keep: int = 0) -> None:
         async with self._freed:
-            await self._freed.wait_for(lambda: self._free >= n)
+            await self._freed.wait_for(lambda: self._free - n >= keep)
             self._free -= n
 
     async def _release(self, n: int) -> None:
@@ -211,7 +216,8 @@ class Sender:
             # back off 1, 2, 4 … s per claim (max 60) rather than waiting for the sweeper
             delay = min(60.0, 2.0 ** max(0, rec.attempts - 1))
             try:
-                await self._requeue([rec.id], delay, rec.attempts)
+                await self._requeue([rec.id], delay, rec.attempts,
+                                    rec.priority >= Priority.BULK)
             except Exception as exc:  # Redis down: the sweeper finds the queued row later
                 log.warning("message %s: could not re-enqueue (%s); the sweeper will",
                             rec.id, exc)

@@ -99,8 +99,11 @@ class Gateway:
         self.intake: Intake | None = None
         self.queue: JobQueue | None = None
         self.enqueuer: BatchingEnqueuer | None = None
-        self._worker: Worker | None = None
-        self._worker_task: asyncio.Task[None] | None = None
+        self._workers: dict[bool, Worker] = {}  # bulk lane? → its current arq worker
+        self._worker_tasks: list[asyncio.Task[None]] = []
+        #: extra arq cron jobs and ctx entries for the care lane's worker (care programs)
+        self.cron_jobs: list[Any] = []
+        self.worker_ctx: dict[str, Any] = {}
         self._sweeper_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
@@ -129,7 +132,9 @@ class Gateway:
         self.enqueuer.start()
         self.intake = Intake(store=self.store, queue=self.enqueuer, renderer=renderer,
                              sending=cfg.sending)
-        self._worker_task = asyncio.create_task(self._run_worker(), name="arq-worker")
+        self._worker_tasks = [
+            asyncio.create_task(self._run_worker(bulk=False), name="arq-worker-care"),
+            asyncio.create_task(self._run_worker(bulk=True), name="arq-worker-bulk")]
         self._sweeper_task = asyncio.create_task(self._sweep_forever(), name="sweeper")
         if self._http_enabled:
             app = create_app(intake=self.intake, store=self.store,
@@ -143,16 +148,20 @@ class Gateway:
             self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port
             log.info("HTTP API on http://%s:%s", cfg.http.host, self.http_port)
 
-    async def _run_worker(self) -> None:
-        """Run the arq worker; if Redis fails under it, log, wait and start a new one."""
+    async def _run_worker(self, *, bulk: bool) -> None:
+        """Run one lane's arq worker; if Redis fails under it, log, wait and start a new one."""
         assert self.redis is not None and self.sender is not None
         delay = 0.5
         while True:
-            self._worker = build_worker(redis=self.redis, redis_cfg=self.config.redis,
-                                        sending=self.config.sending, ctx={"sender": self.sender})
+            worker = build_worker(redis=self.redis, redis_cfg=self.config.redis,
+                                  sending=self.config.sending, bulk=bulk,
+                                  ctx={"sender": self.sender, **self.worker_ctx,
+                                       "lane": "bulk" if bulk else "care"},
+                                  cron_jobs=None if bulk else (self.cron_jobs or None))
+            self._workers[bulk] = worker
             started = time.monotonic()
             try:
-                await self._worker.async_run()
+                await worker.async_run()
                 return
             except asyncio.CancelledError:
                 raise
@@ -171,9 +180,11 @@ class Gateway:
 
         return handle
 
-    async def _requeue(self, ids: Sequence[UUID], delay: float, attempt: int) -> None:
+    async def _requeue(self, ids: Sequence[UUID], delay: float, attempt: int,
+                       bulk: bool) -> None:
         assert self.queue is not None
-        await self.queue.enqueue_send(ids, job_id=f"retry:{ids[0]}:{attempt}", defer_s=delay)
+        await self.queue.enqueue_send(ids, job_id=f"retry:{ids[0]}:{attempt}", defer_s=delay,
+                                      bulk=bulk)
 
     def _global_bucket(self, link: SmppConfig) -> RedisTokenBucket | None:
         if not link.account_tps:
@@ -203,14 +214,13 @@ class Gateway:
             self._sweeper_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper_task
-        if self._worker_task is not None:
-            self._worker_task.cancel()
+        for task in self._worker_tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._worker_task
-        if self._worker is not None:
-            tasks = [t for t in self._worker.tasks.values() if not t.done()]
-            if tasks:
-                await asyncio.wait(tasks, timeout=max(0.5, deadline - time.monotonic() - 2))
+                await task
+        jobs = [t for w in self._workers.values() for t in w.tasks.values() if not t.done()]
+        if jobs:
+            await asyncio.wait(jobs, timeout=max(0.5, deadline - time.monotonic() - 2))
         await asyncio.gather(*(link.stop(timeout=max(1.0, deadline - time.monotonic() - 1))
                                for link in self.links.values()))
         if self.ledger is not None:
@@ -251,9 +261,12 @@ class Gateway:
                 queued = list(queued) + list(submitting)
             else:
                 await self.store.fail_submitting(submitting, reason)
-        for i in range(0, len(queued), s.batch_size):
-            batch = queued[i:i + s.batch_size]
-            await self.queue.enqueue_send(batch, job_id=f"sweep:{batch[0]}:{int(time.time())}")
+        care, bulk = await self.store.split_by_lane(queued)
+        for lane, ids in ((False, care), (True, bulk)):
+            for i in range(0, len(ids), s.batch_size):
+                batch = ids[i:i + s.batch_size]
+                await self.queue.enqueue_send(
+                    batch, job_id=f"sweep:{batch[0]}:{int(time.time())}", bulk=lane)
         if queued:
             log.info("sweeper re-enqueued %d stale message(s)", len(queued))
         if self.mo is not None:

@@ -14,4 +14,5 @@ async def send_messages(ctx: dict[str, Any], ids: list[str]) -> int:
     arq runs a job at least once; a re-run finds the rows already claimed and sends nothing.
     """
     sender: Sender = ctx["sender"]
-    return await sender.send_ids([UUID(i) for i in ids])
+    bulk = ctx.get("lane") == "bulk"
+    return await sender.send_ids([UUID(i) for i in ids], bulk=bulk)

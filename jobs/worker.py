@@ -13,10 +13,12 @@ from jobs.send import send_messages
 
 
 def build_worker(*, redis: ArqRedis, redis_cfg: RedisConfig, sending: SendingConfig,
-                 ctx: dict[str, Any]) -> Worker:
+                 ctx: dict[str, Any], bulk: bool = False, cron_jobs: Any = None) -> Worker:
+    """The worker of one lane: care/transactional (default) or bulk (advertising)."""
     return Worker(
         functions=[send_messages],
-        queue_name=redis_cfg.queue_name,
+        cron_jobs=cron_jobs,
+        queue_name=redis_cfg.bulk_queue_name if bulk else redis_cfg.queue_name,
         redis_pool=redis,
         handle_signals=False,
         max_jobs=sending.worker_max_jobs,

@@ -749,6 +749,15 @@ class MessageStore:
             submitting = await conn.fetch(_STALE_SUBMITTING, float(submitting_before_s), limit)
         return [r["id"] for r in queued], [r["id"] for r in submitting]
 
+    async def split_by_lane(self, ids: Sequence[UUID]) -> tuple[list[UUID], list[UUID]]:
+        """(care/transactional ids, bulk ids) by priority (bulk = priority ≥ 5)."""
+        if not ids:
+            return [], []
+        rows = await self._pool.fetch(
+            "SELECT id, priority >= 5 AS bulk FROM messages WHERE id = ANY($1::uuid[])",
+            list(ids))
+        return ([r["id"] for r in rows if not r["bulk"]], [r["id"] for r in rows if r["bulk"]])
+
     async def expire_unreceipted(self, *, older_than_s: float, limit: int = 5000) -> list[UUID]:
         """Submitted messages without every receipt after ``older_than_s`` → expired."""
         rows = await self._pool.fetch(_EXPIRE_UNRECEIPTED, float(older_than_s), limit)
