@@ -109,7 +109,9 @@ class BatchingEnqueuer:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if max(len(p) for p in self._pending.values()) < self._max:
+            # care ids go out at once (latency); bulk ids wait a little to fill bigger jobs
+            await self._flush_lane(False)
+            if len(self._pending[True]) < self._max:
                 await asyncio.sleep(self._linger)
             await self._flush()
 

@@ -22,7 +22,7 @@ def build_worker(*, redis: ArqRedis, redis_cfg: RedisConfig, sending: SendingCon
         redis_pool=redis,
         handle_signals=False,
         max_jobs=sending.worker_max_jobs,
-        poll_delay=0.02,
+        poll_delay=0.05 if bulk else 0.005,  # the care lane polls often: latency matters
         job_timeout=max(300, int(sending.stale_submitting_s * 2)),
         keep_result=60,
         max_tries=50,

@@ -409,6 +409,7 @@ class SmscSimulator:
 
         self._by_destination: dict[str, list[str]] = {}
         self._options_by_destination: dict[str, list[dict[str, Any]]] = {}
+        self._first_arrival: dict[str, float] = {}  # destination → wall time of its first part
         self._ids_by_destination: dict[str, list[str]] = {}
         self._partial: dict[tuple[str, str, int], _Partial] = {}
         self._submits_seen = 0
@@ -514,6 +515,10 @@ class SmscSimulator:
         """Texts of the completed messages to ``destination``, in arrival order."""
         return list(self._by_destination.get(destination, ()))
 
+    def first_arrivals(self, prefix: str = "") -> dict[str, float]:
+        """Destination → wall-clock time (time.time()) its first accepted part arrived."""
+        return {d: t for d, t in self._first_arrival.items() if d.startswith(prefix)}
+
     def submit_options(self, destination: str) -> list[dict[str, Any]]:
         """The SMPP options (TON/NPI, esm_class, priority, validity, registered_delivery,
         data_coding) of every accepted part for ``destination``, in arrival order."""
@@ -534,6 +539,7 @@ class SmscSimulator:
         self._by_destination.clear()
         self._ids_by_destination.clear()
         self._options_by_destination.clear()
+        self._first_arrival.clear()
         self._partial.clear()
         self.parts_received = self.submits_throttled = self.binds = 0
         self.receipts_sent = self.receipts_acked = self.receipts_rejected = self.mo_acked = 0
@@ -987,6 +993,7 @@ class SmscSimulator:
     def _record_part(self, params: Mapping[str, Any], destination: str) -> str:
         """Count one accepted part; returns (the start of) its text for the receipt."""
         self.parts_received += 1
+        self._first_arrival.setdefault(destination, time.time())
         self._options_by_destination.setdefault(destination, []).append(
             {k: params.get(k) for k in _OPTION_FIELDS})
         data_coding = params.get("data_coding", 0)
@@ -1144,6 +1151,7 @@ class SmscSimulator:
     async def _start_control(self, host: str, port: int) -> None:
         app = web.Application()
         app.router.add_get("/stats", self._http_stats)
+        app.router.add_get("/arrivals", self._http_arrivals)
         app.router.add_post("/mo", self._http_mo)
         app.router.add_post("/drop", self._http_drop)
         app.router.add_post("/reset", self._http_reset)
@@ -1154,6 +1162,10 @@ class SmscSimulator:
         self._runner = runner
         addr = runner.addresses[0]
         self._control_url = f"http://{addr[0]}:{addr[1]}"
+
+    async def _http_arrivals(self, request: web.Request) -> web.Response:
+        """``GET /arrivals?prefix=849`` → {destination: epoch seconds of its first part}."""
+        return web.json_response(self.first_arrivals(request.query.get("prefix", "")))
 
     async def _http_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())

@@ -342,6 +342,20 @@ ORDER BY submitting_at LIMIT $2
 
 _COUNTS = "SELECT status, count(*) AS n FROM messages GROUP BY status"
 
+_INSERT_MANY = """
+INSERT INTO messages (msisdn, sender, body, template, encoding, segments, class, priority,
+                      khong_dau, api_key_id, options)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::integer[], $7::text[], $8::smallint[], $9::boolean[], $10::integer[],
+                     $11::jsonb[])
+RETURNING id
+"""
+
+_CREATED_EVENTS = """
+INSERT INTO message_events (message_id, status, detail)
+SELECT id, 'queued', 'created' FROM unnest($1::uuid[]) AS id
+"""
+
 # Submitted messages whose receipts did not all come within $1 s become expired (an event says
 # why); a receipt arriving later is still applied and may move them to delivered.
 _EXPIRE_UNRECEIPTED = """
@@ -611,6 +625,26 @@ class MessageStore:
                 if row is not None:
                     return _record(row), False
         raise RuntimeError(f"could not insert or find idempotency key {new.idempotency_key!r}")
+
+    async def create_many(self, news: Sequence[NewMessage]) -> list[UUID]:
+        """Insert many queued messages at once (broadcasts, benchmarks); no idempotency keys.
+
+        One statement for the rows and one for their 'created' events, in one transaction."""
+        if not news:
+            return []
+        if any(n.idempotency_key is not None for n in news):
+            raise ValueError("create_many does not take idempotency keys; use create()")
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                _INSERT_MANY, [n.msisdn for n in news], [n.sender for n in news],
+                [n.body for n in news], [n.template for n in news],
+                [n.encoding.value for n in news], [n.segments for n in news],
+                [n.message_class.value for n in news], [n.priority for n in news],
+                [n.khong_dau for n in news], [n.api_key_id for n in news],
+                [json.dumps(dict(n.options)) for n in news])
+            ids = [r["id"] for r in rows]
+            await conn.execute(_CREATED_EVENTS, ids)
+        return ids
 
     async def get(self, message_id: UUID) -> MessageRecord | None:
         row = await self._pool.fetchrow(_GET, message_id)
