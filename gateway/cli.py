@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import PROJECT_ROOT
+from gateway.cli_subscribers import add_parser as add_subscribers_parser
 from gateway.config import Config, ConfigError, load_config
 
 log = logging.getLogger("smsgw.cli")
@@ -302,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key by name or id")
     kr.add_argument("name")
     key.set_defaults(func=cmd_apikey)
+
+    add_subscribers_parser(sub)
 
     tpl = sub.add_parser("templates", help="template tools")
     tsub = tpl.add_subparsers(dest="action", required=True)

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +21,8 @@ from arq.connections import ArqRedis
 
 from gateway import PROJECT_ROOT
 from gateway.config import Config, SmppConfig
+from gateway.http import subscribers as subscribers_http
+from gateway.http import templates as templates_http
 from gateway.http.app import create_app
 from gateway.intake import Intake
 from gateway.ledger import LedgerWriter
@@ -34,6 +37,7 @@ from gateway.smpp.link import Link
 from gateway.store.apikeys import ApiKeyStore
 from gateway.store.inbound import InboundStore
 from gateway.store.messages import MessageStore
+from gateway.store.subscribers import SubscriberStore
 from gateway.templating import TemplateRenderer, template_defaults
 from jobs.worker import build_worker
 
@@ -137,9 +141,14 @@ class Gateway:
             asyncio.create_task(self._run_worker(bulk=True), name="arq-worker-bulk")]
         self._sweeper_task = asyncio.create_task(self._sweep_forever(), name="sweeper")
         if self._http_enabled:
-            app = create_app(intake=self.intake, store=self.store,
-                             apikeys=ApiKeyStore(self.pool), health=self.health,
-                             max_body_bytes=cfg.http.max_body_bytes)
+            app = create_app(
+                intake=self.intake, store=self.store, apikeys=ApiKeyStore(self.pool),
+                health=self.health, max_body_bytes=cfg.http.max_body_bytes,
+                extensions=[
+                    partial(templates_http.setup, renderer=renderer),
+                    partial(subscribers_http.setup, store=SubscriberStore(self.pool),
+                            region=cfg.sending.region),
+                ])
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port)
