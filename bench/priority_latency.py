@@ -28,10 +28,10 @@ import asyncpg
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smpp_throughput import _free_port  # noqa: E402
+from smpp_throughput import _free_port
 
-from gateway import PROJECT_ROOT  # noqa: E402
-from gateway.config import (  # noqa: E402
+from gateway import PROJECT_ROOT
+from gateway.config import (
     Config,
     DatabaseConfig,
     HttpConfig,
@@ -39,11 +39,11 @@ from gateway.config import (  # noqa: E402
     SendingConfig,
     SmppConfig,
 )
-from gateway.domain import Encoding, MessageClass, Priority  # noqa: E402
-from gateway.service import Gateway  # noqa: E402
-from gateway.store.apikeys import ApiKeyStore  # noqa: E402
-from gateway.store.messages import NewMessage  # noqa: E402
-from gateway.store.migrate import migrate_dsn  # noqa: E402
+from gateway.domain import Encoding, MessageClass, Priority
+from gateway.service import Gateway
+from gateway.store.apikeys import ApiKeyStore
+from gateway.store.messages import NewMessage
+from gateway.store.migrate import migrate_dsn
 
 ADMIN = os.environ.get("SMSGW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BULK_PREFIX, CARE_PREFIX = "8490", "8498"

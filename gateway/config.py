@@ -15,6 +15,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 
@@ -125,6 +126,80 @@ class SendingConfig:
                 f"not {self.ambiguous_policy!r}")
 
 
+#: Every event type the gateway accepts.
+EVENT_TYPES: tuple[str, ...] = (
+    "bill_issued", "payment_due", "overdue", "suspended_one_way", "suspended_two_way",
+    "payment_received", "usage_high", "package_expiring", "incident", "incident_fixed",
+)
+
+_TEMPLATE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_]*")
+
+
+def _default_templates() -> Mapping[str, str]:
+    return MappingProxyType({t: t for t in EVENT_TYPES})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventsConfig:
+    """``[events]``: the template each event type is sent with.
+
+    ``templates`` may name only some types; the others keep their same-named template.
+    """
+
+    templates: Mapping[str, str] = field(default_factory=_default_templates)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.templates) - set(EVENT_TYPES))
+        if unknown:
+            raise ConfigError(f"events.templates: unknown event type(s) {', '.join(unknown)}; "
+                              f"the types are {', '.join(EVENT_TYPES)}")
+        for event_type, template in self.templates.items():
+            if not isinstance(template, str) or not _TEMPLATE_NAME_RE.fullmatch(template):
+                raise ConfigError(f"events.templates.{event_type}: {template!r} is not a "
+                                  "template name (lower-case letters, digits and '_')")
+        merged = {t: self.templates.get(t, t) for t in EVENT_TYPES}
+        object.__setattr__(self, "templates", MappingProxyType(merged))
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> EventsConfig:
+        """From the ``[events]`` TOML table, e.g. ``{"templates": {"overdue": "overdue_v2"}}``."""
+        unknown = sorted(set(raw) - {"templates"})
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [events]: {', '.join(unknown)}")
+        templates = raw.get("templates", {})
+        if not isinstance(templates, Mapping):
+            raise ConfigError("events.templates must be a table of event type = template name")
+        return cls(templates=dict(templates))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GreetingsConfig:
+    """Birthday and holiday greetings (arq cron jobs in the care lane's worker)."""
+
+    enabled: bool = True
+    timezone: str = "Asia/Ho_Chi_Minh"
+    send_at: str = "08:00"  # local HH:MM; nothing is sent before it, the rest of the day catches up
+    batch_size: int = 500
+    concurrency: int = 4
+    retry_after_s: float = 120.0
+    care_days: tuple[str, ...] = ("tet", "trung_thu", "8_3", "20_10", "20_11", "22_12")
+    vip_care_days: tuple[str, ...] = ()  # of care_days: sent only to vip_tiers
+    vip_tiers: tuple[str, ...] = ("Vàng", "Kim cương")
+
+    def __post_init__(self) -> None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"greetings.timezone {self.timezone!r} is not a time zone") from exc
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", self.send_at):
+            raise ConfigError(f"greetings.send_at must be HH:MM (24 h), not {self.send_at!r}")
+        unknown = set(self.vip_care_days) - set(self.care_days)
+        if unknown:
+            raise ConfigError(f"greetings.vip_care_days {sorted(unknown)} are not in care_days")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = "INFO"
@@ -160,6 +235,8 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     smpp: SmppConfig = field(default_factory=SmppConfig)
     sending: SendingConfig = field(default_factory=SendingConfig)
+    greetings: GreetingsConfig = field(default_factory=GreetingsConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     #: the SMSC links; empty = one link made of [smpp]
     smsc: tuple[SmppConfig, ...] = ()
@@ -189,7 +266,8 @@ class Config:
 
 
 _SECTIONS: Mapping[str, type[Any]] = {
-    k: v for k, v in typing.get_type_hints(Config).items() if k not in ("smsc", "route")}
+    k: v for k, v in typing.get_type_hints(Config).items()
+    if k not in ("smsc", "route", "events")}
 _ARRAYS: Mapping[str, type[Any]] = {"smsc": SmppConfig, "route": RouteConfig}
 _ARRAY_KEYS = {"route": {"class": "message_class"}}
 
@@ -234,7 +312,7 @@ def _read_toml(path: str | Path | None) -> dict[str, Any]:
         raise ConfigError(f"config file {p} does not exist; copy config.example.toml") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
-    unknown = set(data) - set(_SECTIONS) - set(_ARRAYS)
+    unknown = set(data) - set(_SECTIONS) - set(_ARRAYS) - {"events"}
     if unknown:
         raise ConfigError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))}")
     return data
@@ -272,6 +350,7 @@ def load_config(path: str | Path | None = None,
     sections: dict[str, Any] = {
         name: _build(cls, f"[{name}]", dict(data.get(name, {})), source, env, f"SMSGW_{name}")
         for name, cls in _SECTIONS.items()}
+    sections["events"] = EventsConfig.from_mapping(data.get("events", {}))
     base = dataclasses.asdict(sections["smpp"])
     for name, cls in _ARRAYS.items():
         entries = data.get(name, [])

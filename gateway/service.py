@@ -21,6 +21,9 @@ from arq.connections import ArqRedis
 
 from gateway import PROJECT_ROOT
 from gateway.config import Config, SmppConfig
+from gateway.events import EventService
+from gateway.greetings import GreetingRunner, calendar_from_names, parse_send_at
+from gateway.http import events as events_http
 from gateway.http import subscribers as subscribers_http
 from gateway.http import templates as templates_http
 from gateway.http.app import create_app
@@ -35,10 +38,12 @@ from gateway.smpp.client import DeliverHandler, EsmeClient
 from gateway.smpp.codec import Pdu
 from gateway.smpp.link import Link
 from gateway.store.apikeys import ApiKeyStore
+from gateway.store.events import EventStore
 from gateway.store.inbound import InboundStore
 from gateway.store.messages import MessageStore
 from gateway.store.subscribers import SubscriberStore
 from gateway.templating import TemplateRenderer, template_defaults
+from jobs.greetings import cron_jobs as greeting_cron_jobs
 from jobs.worker import build_worker
 
 log = logging.getLogger("smsgw.service")
@@ -105,9 +110,8 @@ class Gateway:
         self.enqueuer: BatchingEnqueuer | None = None
         self._workers: dict[bool, Worker] = {}  # bulk lane? → its current arq worker
         self._worker_tasks: list[asyncio.Task[None]] = []
-        #: extra arq cron jobs and ctx entries for the care lane's worker (care programs)
-        self.cron_jobs: list[Any] = []
-        self.worker_ctx: dict[str, Any] = {}
+        self.events: EventService | None = None
+        self.greetings: GreetingRunner | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
@@ -136,6 +140,14 @@ class Gateway:
         self.enqueuer.start()
         self.intake = Intake(store=self.store, queue=self.enqueuer, renderer=renderer,
                              sending=cfg.sending)
+        self.events = EventService(EventStore(self.pool), self.intake, cfg.events,
+                                   region=cfg.sending.region)
+        g = cfg.greetings
+        self.greetings = GreetingRunner(
+            self.pool, self.intake, tz=g.timezone, send_at=parse_send_at(g.send_at),
+            batch=g.batch_size, concurrency=g.concurrency, retry_after_s=g.retry_after_s,
+            calendar=calendar_from_names(g.care_days, tiered=g.vip_care_days, tiers=g.vip_tiers),
+        ) if g.enabled else None
         self._worker_tasks = [
             asyncio.create_task(self._run_worker(bulk=False), name="arq-worker-care"),
             asyncio.create_task(self._run_worker(bulk=True), name="arq-worker-bulk")]
@@ -148,6 +160,7 @@ class Gateway:
                     partial(templates_http.setup, renderer=renderer),
                     partial(subscribers_http.setup, store=SubscriberStore(self.pool),
                             region=cfg.sending.region),
+                    partial(events_http.setup, service=self.events),
                 ])
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
@@ -162,11 +175,12 @@ class Gateway:
         assert self.redis is not None and self.sender is not None
         delay = 0.5
         while True:
+            care_cron = [] if bulk or self.greetings is None else greeting_cron_jobs()
             worker = build_worker(redis=self.redis, redis_cfg=self.config.redis,
                                   sending=self.config.sending, bulk=bulk,
-                                  ctx={"sender": self.sender, **self.worker_ctx,
+                                  ctx={"sender": self.sender, "greetings": self.greetings,
                                        "lane": "bulk" if bulk else "care"},
-                                  cron_jobs=None if bulk else (self.cron_jobs or None))
+                                  cron_jobs=care_cron or None)
             self._workers[bulk] = worker
             started = time.monotonic()
             try:
@@ -283,6 +297,11 @@ class Gateway:
                 await self.mo.sweep(s.mo_reassembly_timeout_s)
             except Exception as exc:
                 log.warning("sweeper: incomplete MO flush failed: %s", exc)
+        if self.events is not None:
+            try:
+                await self.events.resume_unattached(older_than_s=max(60.0, s.stale_queued_s))
+            except Exception as exc:
+                log.warning("sweeper: resuming care events failed: %s", exc)
         expired = await self.store.expire_unreceipted(older_than_s=s.receipt_timeout_s)
         if expired:
             log.info("sweeper: %d message(s) expired without a delivery receipt", len(expired))

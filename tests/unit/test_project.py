@@ -6,12 +6,15 @@ import re
 import tomllib
 
 from gateway import PROJECT_ROOT
-from gateway.config import ConfigError, describe_defaults, load_config
+from gateway.config import ConfigError, EventsConfig, describe_defaults, load_config
 
 
 def test_config_example_lists_every_key_at_its_default() -> None:
     example = tomllib.loads((PROJECT_ROOT / "config.example.toml").read_text(encoding="utf-8"))
+    events = example.pop("events")
     assert example == describe_defaults()
+    assert events["templates"] == dict(EventsConfig().templates)
+    assert load_config(PROJECT_ROOT / "config.example.toml", {}) == load_config(None, {})
 
 
 def test_env_overrides_and_errors() -> None:
