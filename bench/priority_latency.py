@@ -22,6 +22,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -117,6 +118,21 @@ async def run(args: argparse.Namespace) -> None:
         queued_s = time.monotonic() - t0
         await asyncio.sleep(2.0)  # let the broadcast reach full speed
 
+        job_started: dict[str, float] = {}
+        if os.environ.get("BENCH_TRACE"):
+            assert gw.sender is not None
+            original = gw.sender.send_ids
+            store = gw.store
+
+            async def traced(ids: Any, *, bulk: bool = False) -> int:
+                if not bulk:
+                    for rec_id in ids:
+                        job_started[str(rec_id)] = time.time()
+                return await original(ids, bulk=bulk)
+
+            gw.sender.send_ids = traced  # type: ignore[method-assign]
+            del store
+
         # 2. the care notices, posted at a steady pace while the broadcast is sent
         base = f"http://127.0.0.1:{gw.http_port}"
         accepted: dict[str, float] = {}
@@ -154,6 +170,22 @@ async def run(args: argparse.Namespace) -> None:
                     break
                 await asyncio.sleep(0.5)
         bulk_done = len(_get(ctl, f"/arrivals?prefix={BULK_PREFIX}"))
+        if os.environ.get("BENCH_TRACE"):
+            rows = await gw.pool.fetch(
+                "SELECT id::text, msisdn, extract(epoch from created_at) AS c, "
+                "extract(epoch from submitting_at) AS s FROM messages WHERE msisdn LIKE $1",
+                CARE_PREFIX + "%")
+            claim = sorted((float(r["s"]) - float(r["c"])) * 1000 for r in rows if r["s"])
+            wire = sorted((arrivals[r["msisdn"]] - float(r["s"])) * 1000 for r in rows
+                          if r["s"] and r["msisdn"] in arrivals)
+            api = sorted((accepted[r["msisdn"]] - float(r["c"])) * 1000 for r in rows
+                         if r["msisdn"] in accepted)
+            job = sorted((job_started[r["id"]] - float(r["c"])) * 1000 for r in rows
+                         if r["id"] in job_started)
+            for name, xs in (("created→202", api), ("created→job start", job),
+                             ("created→claimed", claim),
+                             ("claimed→wire", wire)):
+                print(name, "p50 %.0f p99 %.0f" % (xs[len(xs) // 2], xs[int(len(xs) * .99)]))
         lat = sorted((arrivals[d] - t) * 1000 for d, t in accepted.items() if d in arrivals)
         missing = len(accepted) - len(lat)
 

@@ -8,9 +8,10 @@ an accepted message is never lost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from gateway.config import SendingConfig
 from gateway.domain import Encoding, MessageClass, Priority
@@ -77,11 +78,15 @@ def check_sender(sender: str) -> str:
 
 class Intake:
     def __init__(self, *, store: MessageStore, queue: BatchingEnqueuer | None,
-                 renderer: TemplateRenderer, sending: SendingConfig) -> None:
+                 renderer: TemplateRenderer, sending: SendingConfig,
+                 fast_lane: Callable[[UUID], None] | None = None) -> None:
         self._store = store
         self._queue = queue
         self._renderer = renderer
         self._sending = sending
+        # Care and transactional messages are also handed straight to this process's sender;
+        # the arq job stays the durable path (it finds the row claimed and does nothing).
+        self._fast_lane = fast_lane
 
     def _body(self, req: SendRequest) -> tuple[str, MessageClass, str | None]:
         if (req.text is None) == (req.template is None):
@@ -140,5 +145,8 @@ class Intake:
         return record, created
 
     async def _enqueue(self, record: MessageRecord) -> None:
+        bulk = record.priority >= Priority.BULK
         if self._queue is not None:
-            self._queue.add(record.id, bulk=record.priority >= Priority.BULK)
+            self._queue.add(record.id, bulk=bulk)
+        if self._fast_lane is not None and not bulk:
+            self._fast_lane(record.id)

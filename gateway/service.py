@@ -111,6 +111,7 @@ class Gateway:
         self._workers: dict[bool, Worker] = {}  # bulk lane? → its current arq worker
         self._worker_tasks: list[asyncio.Task[None]] = []
         self.events: EventService | None = None
+        self._fast_tasks: set[asyncio.Task[int]] = set()
         self.greetings: GreetingRunner | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -139,7 +140,7 @@ class Gateway:
         self.enqueuer = BatchingEnqueuer(self.queue)
         self.enqueuer.start()
         self.intake = Intake(store=self.store, queue=self.enqueuer, renderer=renderer,
-                             sending=cfg.sending)
+                             sending=cfg.sending, fast_lane=self._send_now)
         self.events = EventService(EventStore(self.pool), self.intake, cfg.events,
                                    region=cfg.sending.region)
         g = cfg.greetings
@@ -196,6 +197,16 @@ class Gateway:
                 await asyncio.sleep(delay)
                 delay = min(10.0, delay * 2)
 
+    def _send_now(self, message_id: UUID) -> None:
+        """Fast lane for care/transactional messages: claim and send in this process at once
+        (no queue hop) when a link is up. The arq job enqueued beside it stays the durable
+        path: if this process dies first, the job (or the sweeper) sends the message."""
+        if self.sender is None or not any(link.up for link in self.links.values()):
+            return
+        task = asyncio.create_task(self.sender.send_ids([message_id]))
+        self._fast_tasks.add(task)
+        task.add_done_callback(self._fast_tasks.discard)
+
     def _deliver_handler(self, link: SmppConfig) -> DeliverHandler:
         async def handle(pdu: Pdu) -> int:
             assert self.sender is not None
@@ -241,7 +252,9 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        jobs = [t for w in self._workers.values() for t in w.tasks.values() if not t.done()]
+        jobs: list[asyncio.Task[Any]] = [
+            t for w in self._workers.values() for t in w.tasks.values() if not t.done()]
+        jobs.extend(t for t in self._fast_tasks if not t.done())
         if jobs:
             await asyncio.wait(jobs, timeout=max(0.5, deadline - time.monotonic() - 2))
         await asyncio.gather(*(link.stop(timeout=max(1.0, deadline - time.monotonic() - 1))
