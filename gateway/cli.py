@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway import PROJECT_ROOT
 from gateway.cli_subscribers import add_parser as add_subscribers_parser
@@ -162,9 +163,10 @@ def cmd_apikey(args: argparse.Namespace) -> int:
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
-    from gateway.templating import TemplateError, TemplateRenderer
+    from gateway.templating import TemplateError, TemplateRenderer, template_defaults
 
-    renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms")
+    renderer = TemplateRenderer(Path(args.dir) if args.dir else PROJECT_ROOT / "templates_sms",
+                                defaults=template_defaults(_config(args).sending))
     failed = 0
     print(f"{'template':<22} {'class':<12} {'encoding':<8} {'segments':>8}  warnings")
     for name, result in renderer.check_all():
@@ -308,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tpl = sub.add_parser("templates", help="template tools")
     tsub = tpl.add_subparsers(dest="action", required=True)
-    tsub.add_parser("check", help="render every template with its sample data")
+    check = tsub.add_parser("check", help="render every template with its sample data")
+    check.add_argument("--dir", help="templates folder (default: templates_sms/)")
     tpl.set_defaults(func=cmd_templates)
     return p
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,19 @@ def test_templates_check_passes() -> None:
     out = smsgw("templates", "check", env={})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "promotion" in out.stdout and "advertising" in out.stdout
+
+
+def test_templates_check_fails_on_an_unlabelled_advert_and_on_errors(tmp_path: Path) -> None:
+    (tmp_path / "promo.j2").write_text("Khuyen mai lon cho {{ full_name }}!", encoding="utf-8")
+    (tmp_path / "promo.toml").write_text(
+        'class = "advertising"\nsender = "KM"\nmax_segments = 1\ndescription = "x"\n'
+        '[sample]\nfull_name = "An"\n', encoding="utf-8")
+    out = smsgw("templates", "check", "--dir", str(tmp_path), env={})
+    assert out.returncode == 1 and "[QC]" in out.stdout
+    (tmp_path / "promo.j2").write_text("[QC] {{ missing }} Tu choi QC soan TC gui 1234",
+                                       encoding="utf-8")
+    out = smsgw("templates", "check", "--dir", str(tmp_path), env={})
+    assert out.returncode == 1 and "missing" in out.stdout
 
 
 def test_unreachable_postgres_is_one_clear_line(env: dict[str, str]) -> None:
