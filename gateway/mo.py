@@ -19,7 +19,7 @@ import hashlib
 import logging
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -32,7 +32,7 @@ from gateway.smpp.codec import Pdu
 from gateway.smpp.encoding import DATA_CODING_UCS2, ESM_CLASS_UDHI, decode_text, split_udh
 
 if TYPE_CHECKING:
-    from gateway.store.inbound import InboundStore
+    from gateway.store.inbound import InboundMessage, InboundStore
 
 log = logging.getLogger("smsgw.mo")
 
@@ -216,13 +216,20 @@ class MoReceiver:
     """deliver_sm handler for MO: store the part, then acknowledge it."""
 
     def __init__(self, store: InboundStore, *, bucket_s: float = DEFAULT_BUCKET_S,
-                 timeout_s: float = 10.0, clock: Callable[[], float] = time.time) -> None:
+                 timeout_s: float = 10.0, clock: Callable[[], float] = time.time,
+                 on_message: Callable[[InboundMessage], Awaitable[None]] | None = None
+                 ) -> None:
         if bucket_s <= 0:
             raise ValueError("bucket_s must be positive")
         self._store = store
         self._bucket_s = bucket_s
         self._timeout_s = timeout_s
         self._clock = clock
+        #: Called with each inbound message once its row exists (made by on_mo, or flushed
+        #: incomplete by sweep). From on_mo it runs in a background task, so it neither
+        #: delays nor changes the deliver_sm_resp; its errors are logged. May be set later.
+        self.on_message = on_message
+        self._hook_tasks: set[asyncio.Task[None]] = set()
 
     async def on_mo(self, pdu: Pdu, link: str) -> int:
         """Store one MO part; the deliver_sm_resp command_status to answer.
@@ -256,7 +263,32 @@ class MoReceiver:
         else:
             log.info("MO %s from %s on %s (%d part(s), last %d octets) stored", message_id,
                      source, link, part.total, len(part.payload))
+            if self.on_message is not None:
+                task = asyncio.create_task(self._notify(message_id),
+                                           name=f"mo-hook-{message_id}")
+                self._hook_tasks.add(task)
+                task.add_done_callback(self._hook_tasks.discard)
         return ESME_ROK
+
+    async def _notify(self, message_id: UUID) -> None:
+        """Run the on_message hook for one stored message; never raises."""
+        hook = self.on_message
+        if hook is None:
+            return
+        try:
+            message = await self._store.get(message_id)
+            if message is None:
+                log.warning("MO %s vanished before its on_message hook ran", message_id)
+                return
+            await hook(message)
+        except Exception as exc:
+            log.error("on_message hook failed for MO %s: %s", message_id, _describe(exc),
+                      exc_info=not isinstance(exc, _DB_ERRORS))
+
+    async def wait_hooks(self) -> None:
+        """Wait for the on_message hooks still running (shutdown, tests)."""
+        while self._hook_tasks:
+            await asyncio.gather(*self._hook_tasks, return_exceptions=True)
 
     async def sweep(self, older_than_s: float = MO_FLUSH_AFTER_S) -> list[UUID]:
         """Flush groups still incomplete after ``older_than_s`` as incomplete messages."""
@@ -264,4 +296,7 @@ class MoReceiver:
         if ids:
             log.info("flushed %d incomplete MO message(s) older than %.0fs", len(ids),
                      older_than_s)
+        if self.on_message is not None:
+            for message_id in ids:
+                await self._notify(message_id)
         return ids

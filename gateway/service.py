@@ -25,6 +25,7 @@ from gateway.events import EventService
 from gateway.greetings import GreetingRunner, calendar_from_names, parse_send_at
 from gateway.http import events as events_http
 from gateway.http import subscribers as subscribers_http
+from gateway.http import surveys as surveys_http
 from gateway.http import templates as templates_http
 from gateway.http.app import create_app
 from gateway.intake import Intake
@@ -42,6 +43,8 @@ from gateway.store.events import EventStore
 from gateway.store.inbound import InboundStore
 from gateway.store.messages import MessageStore
 from gateway.store.subscribers import SubscriberStore
+from gateway.store.surveys import SurveyStore
+from gateway.surveys import SurveyService
 from gateway.templating import TemplateRenderer, template_defaults
 from jobs.greetings import cron_jobs as greeting_cron_jobs
 from jobs.worker import build_worker
@@ -112,6 +115,7 @@ class Gateway:
         self._worker_tasks: list[asyncio.Task[None]] = []
         self.events: EventService | None = None
         self._fast_tasks: set[asyncio.Task[int]] = set()
+        self.surveys: SurveyService | None = None
         self.greetings: GreetingRunner | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -143,6 +147,10 @@ class Gateway:
                              sending=cfg.sending, fast_lane=self._send_now)
         self.events = EventService(EventStore(self.pool), self.intake, cfg.events,
                                    region=cfg.sending.region)
+        self.surveys = SurveyService(SurveyStore(self.pool), self.intake,
+                                     SubscriberStore(self.pool), region=cfg.sending.region,
+                                     inbound=InboundStore(self.pool))
+        self.mo.on_message = self.surveys.on_message
         g = cfg.greetings
         self.greetings = GreetingRunner(
             self.pool, self.intake, tz=g.timezone, send_at=parse_send_at(g.send_at),
@@ -162,6 +170,7 @@ class Gateway:
                     partial(subscribers_http.setup, store=SubscriberStore(self.pool),
                             region=cfg.sending.region),
                     partial(events_http.setup, service=self.events),
+                    partial(surveys_http.setup, service=self.surveys),
                 ])
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
@@ -259,6 +268,9 @@ class Gateway:
             await asyncio.wait(jobs, timeout=max(0.5, deadline - time.monotonic() - 2))
         await asyncio.gather(*(link.stop(timeout=max(1.0, deadline - time.monotonic() - 1))
                                for link in self.links.values()))
+        if self.mo is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.mo.wait_hooks(), 2)
         if self.ledger is not None:
             await self.ledger.stop()
         if self.redis is not None:
