@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(Exception):
@@ -200,6 +201,64 @@ class GreetingsConfig:
             raise ConfigError(f"greetings.vip_care_days {sorted(unknown)} are not in care_days")
 
 
+#: arq retries a job at most this many times (jobs/worker.py max_tries)
+MAX_ATTEMPTS_LIMIT = 50
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BillingConfig:
+    """``KT CUOC``: where the subscriber's bill comes from."""
+
+    endpoint: str = ""  # billing HTTP API (GET ?msisdn=…); "" = the latest bill in Postgres
+    timeout_s: float = 3.0  # then the reply falls back to Postgres, then to a polite apology
+
+    def __post_init__(self) -> None:
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"billing.endpoint must be an http(s) URL, not {self.endpoint!r}")
+        if self.timeout_s <= 0:
+            raise ConfigError("billing.timeout_s must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """``[webhook]``: where confirmed service requests go (``SMSGW_WEBHOOK_SECRET`` etc.).
+
+    ``url`` empty = no back office configured: requests stay 'confirmed'. The retry
+    delay after failed attempt n is ``min(retry_max_s, retry_base_s * 2**n)``.
+    """
+
+    url: str = ""
+    secret: str = ""
+    timeout_s: float = 5.0
+    max_attempts: int = 8
+    retry_base_s: float = 1.0
+    retry_max_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.url:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(f"webhook.url must be an http(s) URL, not {self.url!r}")
+            if not self.secret:
+                raise ConfigError("webhook.secret is required when webhook.url is set "
+                                  "(SMSGW_WEBHOOK_SECRET)")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"webhook.timeout_s must be > 0, not {self.timeout_s}")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise ConfigError(f"webhook.max_attempts must be between 1 and "
+                              f"{MAX_ATTEMPTS_LIMIT}, not {self.max_attempts}")
+        if self.retry_base_s < 0 or self.retry_max_s < 0:
+            raise ConfigError("webhook.retry_base_s and retry_max_s must be ≥ 0")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url)
+
+    def retry_delay_s(self, attempts: int) -> float:
+        """How long to wait after ``attempts`` failed posts."""
+        return float(min(self.retry_max_s, self.retry_base_s * 2 ** min(attempts, 32)))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = "INFO"
@@ -237,6 +296,8 @@ class Config:
     sending: SendingConfig = field(default_factory=SendingConfig)
     greetings: GreetingsConfig = field(default_factory=GreetingsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    billing: BillingConfig = field(default_factory=BillingConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
     log: LogConfig = field(default_factory=LogConfig)
     #: the SMSC links; empty = one link made of [smpp]
     smsc: tuple[SmppConfig, ...] = ()

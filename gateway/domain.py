@@ -16,6 +16,7 @@ class MessageStatus(StrEnum):
     EXPIRED = "expired"  # a receipt said EXPIRED
     REJECTED = "rejected"  # the SMSC refused the submit_sm with a permanent status
     FAILED = "failed"  # we gave up (retries exhausted, ambiguous policy = give up, ...)
+    CANCELLED = "cancelled"  # withdrawn while still queued (e.g. advertising after a refusal)
 
     @property
     def terminal(self) -> bool:
@@ -29,6 +30,7 @@ TERMINAL_STATUSES = frozenset(
         MessageStatus.EXPIRED,
         MessageStatus.REJECTED,
         MessageStatus.FAILED,
+        MessageStatus.CANCELLED,
     }
 )
 

@@ -328,6 +328,25 @@ WITH locked AS (
 SELECT count(*) FROM upd
 """
 
+# Queued advertising of one number → cancelled (locked in id order, re-checked once locked:
+# one claimed meanwhile is submitting and stays out). Uses messages_queued_advertising_idx.
+_CANCEL_PENDING_ADVERTISING = """
+WITH locked AS (
+    SELECT id FROM messages
+    WHERE msisdn = $1 AND class = 'advertising' AND status = 'queued'
+    ORDER BY id FOR UPDATE
+), upd AS (
+    UPDATE messages m SET status = 'cancelled', done_at = now(), updated_at = now()
+    FROM locked
+    WHERE m.id = locked.id AND m.status = 'queued'
+    RETURNING m.id
+), ev AS (
+    INSERT INTO message_events (message_id, status, detail)
+    SELECT id, 'cancelled', $2 FROM upd
+)
+SELECT count(*) FROM upd
+"""
+
 _STALE_QUEUED = """
 SELECT id FROM messages
 WHERE status = 'queued' AND updated_at < now() - make_interval(secs => $1)
@@ -772,6 +791,16 @@ class MessageStore:
         if not ids:
             return 0
         count: int = await self._pool.fetchval(_FAIL_SUBMITTING, list(ids), reason)
+        return count
+
+    async def cancel_pending_advertising(self, msisdn: str, reason: str) -> int:
+        """Cancel the queued advertising messages to ``msisdn`` (after a refusal); their count.
+
+        Each gets a 'cancelled' event with ``reason``. Only messages still queued can be
+        recalled: one already submitting or submitted may be with the SMSC (SMPP gives no
+        reliable way to withdraw it) and is left as it is.
+        """
+        count: int = await self._pool.fetchval(_CANCEL_PENDING_ADVERTISING, msisdn, reason)
         return count
 
     async def stale(
