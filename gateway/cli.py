@@ -59,6 +59,8 @@ async def _serve(cfg: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await gw.start()
+    if gw.keywords is not None:
+        loop.add_signal_handler(signal.SIGHUP, gw.keywords.try_reload)
     log.info("smsgw serving; SMSC %s:%s; Ctrl-C or SIGTERM to stop", cfg.smpp.host, cfg.smpp.port)
     await stop.wait()
     log.info("stopping: intake closed, draining the window")

@@ -260,6 +260,33 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class KeywordsConfig:
+    """``[keywords]``: the SMS keyword service (table file, reply limits)."""
+
+    file: str = "keywords.toml"  # relative paths are relative to the repository root
+    reply_limit: int = 5  # replies per number per reply_window_s (cuts auto-responder loops)
+    reply_window_s: float = 600.0
+    unknown_help_every_s: float = 3600.0  # help for unrecognised messages, per number
+    claim_stale_s: float = 300.0  # an unfinished handling older than this may be taken over
+
+    def __post_init__(self) -> None:
+        if not self.file:
+            raise ConfigError("keywords.file must name the keyword table")
+        if self.reply_limit < 0:
+            raise ConfigError(f"keywords.reply_limit must be ≥ 0, not {self.reply_limit}")
+        for name in ("reply_window_s", "unknown_help_every_s", "claim_stale_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"keywords.{name} must be positive")
+
+    @property
+    def path(self) -> Path:
+        from gateway import PROJECT_ROOT
+
+        path = Path(self.file)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = "INFO"
 
@@ -298,6 +325,7 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    keywords: KeywordsConfig = field(default_factory=KeywordsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     #: the SMSC links; empty = one link made of [smpp]
     smsc: tuple[SmppConfig, ...] = ()

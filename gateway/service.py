@@ -14,21 +14,27 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 from arq import Worker
 from arq.connections import ArqRedis
 
 from gateway import PROJECT_ROOT
+from gateway.actions import Action, selfservice
+from gateway.actions.bill import BillLookupAction
+from gateway.actions.consent import OptInAdsAction, RefuseAdsAction
 from gateway.config import Config, SmppConfig
 from gateway.events import EventService
 from gateway.greetings import GreetingRunner, calendar_from_names, parse_send_at
 from gateway.http import events as events_http
+from gateway.http import keywords as keywords_http
 from gateway.http import subscribers as subscribers_http
 from gateway.http import surveys as surveys_http
 from gateway.http import templates as templates_http
 from gateway.http.app import create_app
 from gateway.intake import Intake
+from gateway.keywords import KeywordRouter
 from gateway.ledger import LedgerWriter
 from gateway.mo import MoReceiver
 from gateway.queue import BatchingEnqueuer, JobQueue, connect
@@ -39,14 +45,19 @@ from gateway.smpp.client import DeliverHandler, EsmeClient
 from gateway.smpp.codec import Pdu
 from gateway.smpp.link import Link
 from gateway.store.apikeys import ApiKeyStore
+from gateway.store.consent import ConsentStore
 from gateway.store.events import EventStore
 from gateway.store.inbound import InboundStore
 from gateway.store.messages import MessageStore
+from gateway.store.mo_log import MoLogStore
+from gateway.store.service_requests import ServiceRequestStore
 from gateway.store.subscribers import SubscriberStore
 from gateway.store.surveys import SurveyStore
 from gateway.surveys import SurveyService
 from gateway.templating import TemplateRenderer, template_defaults
 from jobs.greetings import cron_jobs as greeting_cron_jobs
+from jobs.webhooks import cron_jobs as service_request_cron_jobs
+from jobs.webhooks import make_enqueuer
 from jobs.worker import build_worker
 
 log = logging.getLogger("smsgw.service")
@@ -116,6 +127,9 @@ class Gateway:
         self.events: EventService | None = None
         self._fast_tasks: set[asyncio.Task[int]] = set()
         self.surveys: SurveyService | None = None
+        self.keywords: KeywordRouter | None = None
+        self.service_requests: ServiceRequestStore | None = None
+        self.webhook_http: aiohttp.ClientSession | None = None
         self.greetings: GreetingRunner | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -147,10 +161,26 @@ class Gateway:
                              sending=cfg.sending, fast_lane=self._send_now)
         self.events = EventService(EventStore(self.pool), self.intake, cfg.events,
                                    region=cfg.sending.region)
+        self.service_requests = ServiceRequestStore(self.pool)
+        self.webhook_http = aiohttp.ClientSession()
         self.surveys = SurveyService(SurveyStore(self.pool), self.intake,
                                      SubscriberStore(self.pool), region=cfg.sending.region,
                                      inbound=InboundStore(self.pool))
-        self.mo.on_message = self.surveys.on_message
+        consent = ConsentStore(self.pool)
+        actions: dict[str, Action] = {
+            "refuse_ads": RefuseAdsAction(consent, self.store),
+            "optin_ads": OptInAdsAction(consent),
+            "bill_lookup": BillLookupAction(EventStore(self.pool),
+                                            endpoint=cfg.billing.endpoint or None,
+                                            timeout_s=cfg.billing.timeout_s),
+            **selfservice.build_actions(self.service_requests,
+                                        make_enqueuer(self.redis, cfg.redis.queue_name)),
+        }
+        self.keywords = KeywordRouter(
+            cfg.keywords.path, actions=actions, intake=self.intake,
+            log_store=MoLogStore(self.pool), inbound=InboundStore(self.pool),
+            surveys=self.surveys.on_inbound, limits=cfg.keywords, region=cfg.sending.region)
+        self.mo.on_message = self.keywords.on_message
         g = cfg.greetings
         self.greetings = GreetingRunner(
             self.pool, self.intake, tz=g.timezone, send_at=parse_send_at(g.send_at),
@@ -171,6 +201,7 @@ class Gateway:
                             region=cfg.sending.region),
                     partial(events_http.setup, service=self.events),
                     partial(surveys_http.setup, service=self.surveys),
+                    partial(keywords_http.setup, router=self.keywords),
                 ])
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
@@ -185,11 +216,17 @@ class Gateway:
         assert self.redis is not None and self.sender is not None
         delay = 0.5
         while True:
-            care_cron = [] if bulk or self.greetings is None else greeting_cron_jobs()
+            care_cron = [] if bulk else [
+                *(greeting_cron_jobs() if self.greetings is not None else []),
+                *service_request_cron_jobs()]
             worker = build_worker(redis=self.redis, redis_cfg=self.config.redis,
                                   sending=self.config.sending, bulk=bulk,
                                   ctx={"sender": self.sender, "greetings": self.greetings,
-                                       "lane": "bulk" if bulk else "care"},
+                                       "lane": "bulk" if bulk else "care",
+                                       "service_requests": self.service_requests,
+                                       "webhook": self.config.webhook, "http": self.webhook_http,
+                                       "enqueue_service_request": make_enqueuer(
+                                           self.redis, self.config.redis.queue_name)},
                                   cron_jobs=care_cron or None)
             self._workers[bulk] = worker
             started = time.monotonic()
@@ -273,6 +310,8 @@ class Gateway:
                 await asyncio.wait_for(self.mo.wait_hooks(), 2)
         if self.ledger is not None:
             await self.ledger.stop()
+        if self.webhook_http is not None:
+            await self.webhook_http.close()
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.aclose(close_connection_pool=True)

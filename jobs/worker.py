@@ -10,13 +10,14 @@ from arq.connections import ArqRedis
 from gateway.config import RedisConfig, SendingConfig
 from gateway.queue import deserialize, serialize
 from jobs.send import send_messages
+from jobs.webhooks import post_service_request
 
 
 def build_worker(*, redis: ArqRedis, redis_cfg: RedisConfig, sending: SendingConfig,
                  ctx: dict[str, Any], bulk: bool = False, cron_jobs: Any = None) -> Worker:
     """The worker of one lane: care/transactional (default) or bulk (advertising)."""
     return Worker(
-        functions=[send_messages],
+        functions=[send_messages, post_service_request],
         cron_jobs=cron_jobs,
         queue_name=redis_cfg.bulk_queue_name if bulk else redis_cfg.queue_name,
         redis_pool=redis,

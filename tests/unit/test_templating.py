@@ -24,7 +24,13 @@ from gateway.templating import (
     filter_vnd,
 )
 
-PROGRAMS = {
+#: replies of the SMS keyword service (issue 6)
+KEYWORD_REPLIES = {
+    "keyword_bill", "keyword_bill_unavailable", "keyword_confirm", "keyword_confirm_expired",
+    "keyword_help", "keyword_optin", "keyword_refused", "keyword_request", "keyword_unknown",
+}
+
+PROGRAMS = KEYWORD_REPLIES | {
     "birthday",
     "bill_issued",
     "payment_due",
