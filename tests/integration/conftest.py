@@ -71,7 +71,8 @@ async def make_stack(fresh_pg_dsn: str, redis_dsn: str) -> AsyncIterator[MakeSta
     made: list[tuple[Gateway, SmscSimulator, aiohttp.ClientSession]] = []
 
     async def factory(sim: dict[str, Any] | None = None, smpp: dict[str, Any] | None = None,
-                      sending: dict[str, Any] | None = None, redis: str | None = None) -> Stack:
+                      sending: dict[str, Any] | None = None, redis: str | None = None,
+                      **sections: Any) -> Stack:
         simulator = SmscSimulator(SimulatorConfig(port=0, receipt_delay_s=0.05, **(sim or {})))
         await simulator.start()
         smpp_cfg = {"port": simulator.port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2,
@@ -79,16 +80,18 @@ async def make_stack(fresh_pg_dsn: str, redis_dsn: str) -> AsyncIterator[MakeSta
         cfg = Config(
             database=DatabaseConfig(dsn=fresh_pg_dsn),
             redis=RedisConfig(dsn=redis or redis_dsn,
-                              queue_name=f"smsgw:test:{uuid.uuid4().hex}"),
+                              queue_name=f"smsgw:test:{uuid.uuid4().hex}",
+                              bulk_queue_name=f"smsgw:test-bulk:{uuid.uuid4().hex}"),
             http=HttpConfig(port=0),
             smpp=SmppConfig(**smpp_cfg),
             sending=SendingConfig(**{"sweep_interval_s": 3600.0, **(sending or {})}),
+            **sections,
         )
         gw = Gateway(cfg)
         await gw.start()
         assert gw.pool is not None and gw.client is not None
         _, key = await ApiKeyStore(gw.pool).create(f"t-{uuid.uuid4().hex[:8]}",
-                                                   ("messages:send",))
+                                                   ("messages:send", "events:write"))
         http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"})
         made.append((gw, simulator, http))
         assert await gw.client.wait_bound(5)
