@@ -210,8 +210,9 @@ async def test_refused_binds_are_retried_with_backoff(make_stack: MakeStack) -> 
 # --------------------------------------------------------------------------- 8. throttling
 
 async def test_throttling(make_stack: MakeStack) -> None:
-    st = await make_stack(sim={"tps_limit": 20}, smpp={"throttle_pause_s": 0.2})
-    ids, numbers = await send_all(st, "tps", n=30)
+    # 5/s with a 5-token bucket: 25 messages cannot all pass in the first second
+    st = await make_stack(sim={"tps_limit": 5}, smpp={"throttle_pause_s": 0.2})
+    ids, numbers = await send_all(st, "tps", n=25)
     await assert_delivered_once(st, "tps", ids, numbers, timeout=30)
     assert st.sim.submits_throttled > 0
 

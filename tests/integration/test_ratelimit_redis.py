@@ -80,8 +80,10 @@ async def test_different_accounts_are_independent(clients: Clients) -> None:
     one = RedisTokenBucket(client, account(), 50)
     two = RedisTokenBucket(client, account(), 50)
     got_one, got_two = await asyncio.gather(greedy(one, 1.0), greedy(two, 1.0))
+    # each account gets its own 50/s (+ burst 5); shared, each would get about half of that.
+    # Generous lower bound: a busy machine can starve the greedy loops a little.
     for got in (got_one, got_two):
-        assert abs(got - 55) <= 0.05 * 55 + 1, (got_one, got_two)
+        assert 40 <= got <= 57, (got_one, got_two)
 
 
 async def test_idle_keys_expire(clients: Clients) -> None:
