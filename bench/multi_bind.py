@@ -13,39 +13,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smpp_throughput import _free_port
+from simtools import free_port, start_simulator
 
 from gateway.config import SmppConfig
 from gateway.smpp.codec import Pdu
 from gateway.smpp.link import Link
 
 
-def _start(port: int, ctl: int, per_bind: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "smsc-sim", "--port", str(port),
-         "--tps-per-bind", str(per_bind), "--control-port", str(ctl)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ctl}/stats", timeout=0.5):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("simulator did not start")
-
-
 async def run_one(binds: int, per_bind: int, seconds: float) -> dict[str, float]:
-    port, ctl = _free_port(), _free_port()
-    proc = _start(port, ctl, per_bind)
+    port, ctl = free_port(), free_port()
+    proc = start_simulator(port, "--tps-per-bind", str(per_bind), control_port=ctl)
     try:
         async def ack(pdu: Pdu) -> int:
             return 0

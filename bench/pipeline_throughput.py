@@ -24,7 +24,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smpp_throughput import _free_port, _start_simulator
+from simtools import free_port, start_simulator
 
 from gateway import PROJECT_ROOT
 from gateway.config import (
@@ -48,8 +48,8 @@ async def run(args: argparse.Namespace) -> None:
     admin = await asyncpg.connect(ADMIN)
     await admin.execute(f'CREATE DATABASE "{db}"')
     dsn = ADMIN.rpartition("/")[0] + f"/{db}"
-    port = _free_port()
-    sim = _start_simulator(port)
+    port = free_port()
+    sim = start_simulator(port, "--receipt-delay", "0.05")
     gw: Gateway | None = None
     try:
         await migrate_dsn(dsn, PROJECT_ROOT / "sql")

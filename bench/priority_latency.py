@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smpp_throughput import _free_port
+from simtools import control, free_port, start_simulator
 
 from gateway import PROJECT_ROOT
 from gateway.config import (
@@ -48,27 +45,6 @@ from gateway.store.migrate import migrate_dsn
 
 ADMIN = os.environ.get("SMSGW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BULK_PREFIX, CARE_PREFIX = "8490", "8498"
-
-
-def _start_sim(port: int, ctl: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "smsc-sim", "--port", str(port),
-                             "--control-port", str(ctl), "--receipt-delay", "0.5"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ctl}/stats", timeout=0.5):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("simulator did not start")
-
-
-def _get(ctl: int, path: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ctl}{path}", timeout=30) as resp:
-        data: dict[str, float] = json.loads(resp.read())
-        return data
 
 
 async def _free_redis_db() -> int:
@@ -129,10 +105,10 @@ async def _post_care(base: str, key: str, args: argparse.Namespace) -> dict[str,
 
 async def _arrivals(ctl: int, expected: int) -> dict[str, float]:
     deadline = time.monotonic() + 60
-    arrivals = _get(ctl, f"/arrivals?prefix={CARE_PREFIX}")
+    arrivals = control(ctl, f"/arrivals?prefix={CARE_PREFIX}")
     while len(arrivals) < expected and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
-        arrivals = _get(ctl, f"/arrivals?prefix={CARE_PREFIX}")
+        arrivals = control(ctl, f"/arrivals?prefix={CARE_PREFIX}")
     return arrivals
 
 
@@ -163,8 +139,8 @@ async def run(args: argparse.Namespace) -> None:
     await admin.execute(f'CREATE DATABASE "{db}"')
     dsn = ADMIN.rpartition("/")[0] + f"/{db}"
     redis_db = await _free_redis_db()
-    port, ctl = _free_port(), _free_port()
-    sim = _start_sim(port, ctl)
+    port, ctl = free_port(), free_port()
+    sim = start_simulator(port, "--receipt-delay", "0.5", control_port=ctl)
     gw: Gateway | None = None
     try:
         await migrate_dsn(dsn, PROJECT_ROOT / "sql")
@@ -183,7 +159,7 @@ async def run(args: argparse.Namespace) -> None:
         accepted = await _post_care(f"http://127.0.0.1:{gw.http_port}", key, args)
         arrivals = await _arrivals(ctl, len(accepted))
         _report(args, queued_s, accepted, arrivals,
-                len(_get(ctl, f"/arrivals?prefix={BULK_PREFIX}")))
+                len(control(ctl, f"/arrivals?prefix={BULK_PREFIX}")))
     finally:
         if gw is not None:
             await gw.stop(5)

@@ -10,41 +10,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 from smpplib import consts
 
 from gateway.config import SmppConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from simtools import free_port, start_simulator
+
 from gateway.smpp.client import EsmeClient
 from gateway.smpp.codec import Pdu
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _start_simulator(port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "gateway", "smsc-sim", "--port", str(port),
-           "--receipt-delay", "0.05"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=None,
-                            env={**os.environ, "SMSGW_LOG_LEVEL": "WARNING"})
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return proc
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the simulator did not start")
 
 
 @dataclasses.dataclass
@@ -112,8 +93,8 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
     rows = []
     for receipts in (False, True):
         for window in args.windows:
-            port = _free_port()
-            proc = _start_simulator(port)
+            port = free_port()
+            proc = start_simulator(port, "--receipt-delay", "0.05")
             try:
                 count = min(args.count, 3000) if window == 1 else args.count
                 rows.append(await _run(port, window, receipts, count))

@@ -13,46 +13,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smpp_throughput import _free_port
+from simtools import control, free_port, start_simulator
 
 from gateway.config import SmppConfig
 from gateway.smpp.codec import Pdu
 from gateway.smpp.link import Link
 
 
-def _start(port: int, ctl: int, tps: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "smsc-sim", "--port", str(port), "--tps", str(tps),
-         "--control-port", str(ctl)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ctl}/stats", timeout=0.5):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("simulator did not start")
-
-
-def _stats(ctl: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ctl}/stats", timeout=5) as resp:
-        data: dict[str, int] = json.loads(resp.read())
-        return data
-
-
 async def run_one(rate: int, configured: bool, seconds: float) -> dict[str, float]:
-    port, ctl = _free_port(), _free_port()
-    proc = _start(port, ctl, rate)
+    port, ctl = free_port(), free_port()
+    proc = start_simulator(port, "--tps", str(rate), control_port=ctl)
     try:
         async def ack(pdu: Pdu) -> int:
             return 0
@@ -75,7 +51,7 @@ async def run_one(rate: int, configured: bool, seconds: float) -> dict[str, floa
         started = time.monotonic()
         await asyncio.gather(*(one(i) for i in range(total)))
         elapsed = time.monotonic() - started
-        stats = _stats(ctl)
+        stats = control(ctl, "/stats")
         await link.stop(5)
         # steady state: skip the first second (bucket burst / first throttle episode)
         steady = [t for t in accepted_at if t >= started + 1.0]
