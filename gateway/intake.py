@@ -28,6 +28,20 @@ MAX_SEGMENTS = 10
 _SENDER_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_. ")
 
 
+def label_advertising(text: str, refusal: str) -> str:
+    """Decree 91/2020: an advertising SMS starts with [QC] (or [AD]) and ends with how to
+    refuse. Adds what is missing; a text that already complies is left as it is."""
+    body = text.strip()
+    if not body.upper().startswith(("[QC]", "[AD]")):
+        body = f"[QC] {body}"
+    refusal = refusal.strip()
+    if refusal and not khong_dau(body).lower().rstrip(" .!").endswith(
+            khong_dau(refusal).lower().rstrip(" .!")):
+        body = f"{body.rstrip()} {refusal}" if body.endswith((".", "!", "?")) \
+            else f"{body.rstrip()}. {refusal}"
+    return body
+
+
 def analyse_ucs2(text: str) -> TextInfo:
     """Counts for ``text`` sent as UCS-2 although GSM-7 could carry it (data_coding 8)."""
     enc = encode_message(text, ref=0, force_ucs2=True)
@@ -116,6 +130,8 @@ class Intake:
             raise IntakeError("to", f"{exc.value!r} is not a usable mobile number: "
                                     f"{exc.reason}") from exc
         body, message_class, template_sender = self._body(req)
+        if message_class is MessageClass.ADVERTISING:
+            body = label_advertising(body, self._sending.refusal)
         sender = check_sender(req.sender or template_sender or self._sending.default_sender)
         options = dict(req.options)
         if not req.sender and not template_sender:

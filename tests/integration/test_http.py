@@ -534,3 +534,12 @@ async def test_logs_mask_the_number_and_omit_the_text(api: Api,
         await api.post({"to": to, "text": "Mat khau bi mat 987123", "idempotency_key": idem})
     assert to[1:] not in caplog.text
     assert "987123" not in caplog.text
+
+
+async def test_advertising_is_labelled_and_carries_refusal_instructions(api: Api) -> None:
+    status, body = await api.post({"to": _msisdn(), "text": "Uu dai nap the 50% hom nay",
+                                   "class": "advertising"})
+    assert status == 202, body
+    status, detail = await api.get(body["id"])
+    assert detail["text"] == "[QC] Uu dai nap the 50% hom nay. Tu choi QC soan TC gui 1234"
+    assert detail["class"] == "advertising"

@@ -37,3 +37,17 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "pytest" in tests and "pip install" in tests
     ci = (PROJECT_ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert tests in ci
+
+
+def test_advertising_text_gets_the_label_and_the_refusal_instructions() -> None:
+    from gateway.intake import label_advertising
+
+    refusal = "Tu choi QC soan TC gui 1234"
+    assert label_advertising("Uu dai 50% hom nay", refusal) == (
+        "[QC] Uu dai 50% hom nay. Tu choi QC soan TC gui 1234")
+    already = "[QC] Giam gia! Tu choi QC soan TC gui 1234"
+    assert label_advertising(already, refusal) == already
+    assert label_advertising("[ad] Sale!", refusal) == "[ad] Sale! Tu choi QC soan TC gui 1234"
+    # the refusal may already be there with diacritics
+    accented = "[QC] Khuyến mãi. Từ chối QC soạn TC gửi 1234"
+    assert label_advertising(accented, refusal) == accented
