@@ -62,7 +62,7 @@ async def run(args: argparse.Namespace) -> None:
         await gw.start()
         assert gw.pool is not None and gw.client is not None and gw.store is not None
         await gw.client.wait_bound(10)
-        _, key = await ApiKeyStore(gw.pool).create("bench", ("messages:send",))
+        _, key = await ApiKeyStore(gw.pool).create("bench", ("messages:send",), rate_per_s=0)
         base = f"http://127.0.0.1:{gw.http_port}"
         accepted: dict[str, float] = {}
         numbers = iter(range(args.count))

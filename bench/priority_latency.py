@@ -153,7 +153,8 @@ async def run(args: argparse.Namespace) -> None:
         await gw.start()
         assert gw.pool is not None
         await gw.wait_bound(10)
-        _, key = await ApiKeyStore(gw.pool).create("bench", ("messages:send", "events:write"))
+        _, key = await ApiKeyStore(gw.pool).create("bench", ("messages:send", "events:write"),
+                                                   rate_per_s=0)
         queued_s = await _broadcast(gw, args.bulk)
         await asyncio.sleep(2.0)  # let the broadcast reach full speed
         accepted = await _post_care(f"http://127.0.0.1:{gw.http_port}", key, args)

@@ -1,4 +1,4 @@
-"""``smsgw`` command line: serve, migrate, smsc-sim, apikey, templates, demo."""
+"""``smsgw`` command line: serve, migrate, smsc-sim, apikey, templates, retention, demo."""
 
 from __future__ import annotations
 
@@ -12,20 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import PROJECT_ROOT
+from gateway.cli_retention import add_parser as add_retention_parser
 from gateway.cli_subscribers import add_parser as add_subscribers_parser
 from gateway.config import Config, ConfigError, load_config
+from gateway.logsetup import configure_logging
 
 log = logging.getLogger("smsgw.cli")
 
 SCOPES = ("messages:send", "events:write", "campaigns:write", "campaigns:approve",
           "subscribers:write", "admin")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    logging.getLogger("arq").setLevel(logging.WARNING)
-    logging.getLogger("arq.connections").setLevel(logging.ERROR)  # we report Redis ourselves
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -122,6 +117,8 @@ def cmd_smsc_sim(args: argparse.Namespace) -> int:
 async def _apikey(args: argparse.Namespace) -> int:
     import asyncpg
 
+    from gateway.cli_apikey import create_key, list_keys, set_key_rate
+    from gateway.http.keylimit import limit_defaults
     from gateway.store.apikeys import ApiKeyStore
 
     cfg = _config(args)
@@ -130,31 +127,17 @@ async def _apikey(args: argparse.Namespace) -> int:
     assert pool is not None
     try:
         store = ApiKeyStore(pool)
+        defaults = limit_defaults(cfg.http)
         if args.action == "create":
-            scopes = args.scope or ["messages:send"]
-            bad = [s for s in scopes if s not in SCOPES]
-            if bad:
-                print(f"unknown scope(s) {', '.join(bad)}; choose from {', '.join(SCOPES)}",
-                      file=sys.stderr)
-                return 2
-            try:
-                key, plaintext = await store.create(args.name, tuple(scopes))
-            except ValueError as exc:
-                print(str(exc), file=sys.stderr)
-                return 1
-            print(f"created key {key.name!r} (prefix {key.prefix}) with scopes "
-                  f"{', '.join(key.scopes)}")
-            print(plaintext)
-            print("store it now: it is shown once and kept only as a hash", file=sys.stderr)
-        elif args.action == "list":
-            for k in await store.list():
-                state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
-                print(f"{k.id:>4}  {k.name:<24} {k.prefix:<10} {state:<18} {','.join(k.scopes)}")
-        else:
-            if not await store.revoke(args.name):
-                print(f"no active key named or numbered {args.name!r}", file=sys.stderr)
-                return 1
-            print(f"revoked {args.name}")
+            return await create_key(store, args, defaults, SCOPES)
+        if args.action == "list":
+            return await list_keys(store, defaults)
+        if args.action == "set-rate":
+            return await set_key_rate(store, args, defaults)
+        if not await store.revoke(args.name):
+            print(f"no active key named or numbered {args.name!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.name}")
         return 0
     finally:
         await pool.close()
@@ -297,18 +280,32 @@ def build_parser() -> argparse.ArgumentParser:
                       help="send multipart MO parts out of order (POST /mo)")
     sim.set_defaults(func=cmd_smsc_sim)
 
+    from gateway.cli_apikey import burst_arg, rate_arg
+
     key = sub.add_parser("apikey", help="manage API keys (stored hashed)")
     ksub = key.add_subparsers(dest="action", required=True)
     kc = ksub.add_parser("create", help="create a key and print it once")
     kc.add_argument("--name", required=True)
     kc.add_argument("--scope", action="append", choices=SCOPES,
                     help="repeat for several; default messages:send")
-    ksub.add_parser("list", help="list keys (never their secret)")
+    rate_help = ("requests per second allowed to this key (e.g. 20 or 0.5; 0 = no limit; "
+                 "'default' = [http] key_rate_per_s)")
+    burst_help = ("requests allowed at once above the rate ('default' = [http] key_burst on "
+                  "the default rate, else as many seconds of the rate as the defaults give)")
+    kc.add_argument("--rate", type=rate_arg, default=None, help=rate_help)
+    kc.add_argument("--burst", type=burst_arg, default=None, help=burst_help)
+    ksub.add_parser("list", help="list keys with their rate limit (never their secret)")
     kr = ksub.add_parser("revoke", help="revoke a key by name or id")
     kr.add_argument("name")
+    ks = ksub.add_parser("set-rate", help="change a key's rate limit (by name or id)")
+    ks.add_argument("name")
+    ks.add_argument("--rate", type=rate_arg, required=True, help=rate_help)
+    ks.add_argument("--burst", type=burst_arg, default=None,
+                    help=burst_help + "; omitted = default")
     key.set_defaults(func=cmd_apikey)
 
     add_subscribers_parser(sub)
+    add_retention_parser(sub)
 
     tpl = sub.add_parser("templates", help="template tools")
     tsub = tpl.add_subparsers(dest="action", required=True)
@@ -321,11 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg_level = load_config(args.config).log.level
-    except ConfigError as exc:
+        cfg = load_config(args.config)
+        configure_logging(cfg.log.level, cfg.log.format)
+    except (ConfigError, ValueError) as exc:
         print(f"smsgw: configuration error: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(cfg_level)
     from gateway.service import DependencyDown
 
     try:

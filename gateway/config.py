@@ -43,6 +43,16 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 1_048_576
+    key_rate_per_s: float = 50.0  # requests/s per API key unless the key sets its own; 0 = none
+    key_burst: int = 100  # requests a key may make at once above that rate
+    metrics_public: bool = True  # GET /metrics without an API key; false: needs metrics:read
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.key_rate_per_s < float("inf"):
+            raise ConfigError("http.key_rate_per_s must be ≥ 0 (0 = no limit), "
+                              f"not {self.key_rate_per_s!r}")
+        if self.key_burst < 1:
+            raise ConfigError(f"http.key_burst must be at least 1, not {self.key_burst}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -289,6 +299,67 @@ class KeywordsConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = "INFO"
+    format: str = "text"  # "text" or "json" (one JSON object per line)
+
+    def __post_init__(self) -> None:
+        if self.format not in ("text", "json"):
+            raise ConfigError(f"log.format must be 'text' or 'json', not {self.format!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetentionConfig:
+    """``[retention]``: how long message bodies and MO text are kept; rows are kept for ever."""
+
+    body_days: int = 180  # blank texts older than this many days; 0 = keep for ever
+    interval_s: float = 3600.0  # how often `smsgw serve` purges
+
+    def __post_init__(self) -> None:
+        if self.body_days < 0:
+            raise ConfigError(f"retention.body_days must be ≥ 0, not {self.body_days}")
+        if self.interval_s <= 0:
+            raise ConfigError("retention.interval_s must be positive")
+
+
+_HHMM_RE = re.compile(r"([01][0-9]|2[0-4]):([0-5][0-9])")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdvertisingConfig:
+    """``[advertising]``: the send-time rules for advertising SMS (Decree 91/2020, Circular
+    22/2021). The law sets 07:00–22:00 and 3 per 24 h; an operator may only be stricter."""
+
+    timezone: str = "Asia/Ho_Chi_Minh"
+    window_start: str = "07:00"  # advertising is submitted only from ...
+    window_end: str = "22:00"  # ... until (exclusive); outside, it waits for the next window
+    # at most this many advertising SMS per number per rolling 24 h per advertiser
+    max_per_24h: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("window_start", "window_end"):
+            value = getattr(self, name)
+            if not _HHMM_RE.fullmatch(value) or value > "24:00":
+                raise ConfigError(f"advertising.{name} must be HH:MM (00:00–24:00), "
+                                  f"not {value!r}")
+        if not self.window_start < self.window_end:
+            raise ConfigError("advertising.window_start must be before window_end "
+                              f"({self.window_start} – {self.window_end})")
+        if not 1 <= self.max_per_24h <= 3:
+            raise ConfigError("advertising.max_per_24h must be 1, 2 or 3 (Decree 91/2020 "
+                              f"allows at most 3), not {self.max_per_24h}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CampaignsConfig:
+    """``[campaigns]``: uploads and how running campaigns are fed to the links."""
+
+    max_upload_mb: int = 200  # a larger upload gets 413
+    job_size: int = 200  # message ids per arq send job
+    # messages released (queued) ahead of the links: this many seconds at the links' TPS
+    lookahead_s: float = 3.0
+    min_release: int = 200  # ... but at least this many
+    tick_s: float = 0.5  # how often the runner looks at running and scheduled campaigns
+    report_masked: bool = True  # report.csv masks numbers unless asked otherwise
+    samples: int = 5  # rendered samples kept for preview
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -327,6 +398,9 @@ class Config:
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     keywords: KeywordsConfig = field(default_factory=KeywordsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    advertising: AdvertisingConfig = field(default_factory=AdvertisingConfig)
+    campaigns: CampaignsConfig = field(default_factory=CampaignsConfig)
     #: the SMSC links; empty = one link made of [smpp]
     smsc: tuple[SmppConfig, ...] = ()
     route: tuple[RouteConfig, ...] = ()

@@ -8,6 +8,7 @@ from enum import StrEnum
 class MessageStatus(StrEnum):
     """Life cycle of one SMS in the ledger."""
 
+    HELD = "held"  # stored, not to be sent yet (campaign not running, or deferred by a rule)
     QUEUED = "queued"  # accepted, waiting for a send slot
     SUBMITTING = "submitting"  # claimed by a sender; submit_sm may be on the wire
     SUBMITTED = "submitted"  # every part acknowledged by the SMSC (submit_sm_resp ROK)

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from gateway.actions import Action, ActionResult, MoContext
@@ -301,6 +301,14 @@ def reply_refusal(history: ReplyHistory, *, now: datetime, help_reply: bool,
 SurveyHook = Callable[[str, str, datetime, UUID], Awaitable[bool]]
 
 
+class MoObserver(Protocol):
+    """What the router reports per inbound message (e.g. :class:`gateway.metrics.Metrics`)."""
+
+    def mo_handled(self, keyword: str | None) -> None:
+        """An inbound message was handled: its canonical keyword, ``SURVEY`` for a survey
+        answer, None when no keyword matched. A redelivered message is reported once."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Reply:
     kind: str  # "action", "help" (unrecognised / declined) or "error"
@@ -344,7 +352,8 @@ class KeywordRouter:
     def __init__(self, table_path: Path | str, *, actions: Mapping[str, Action],
                  intake: Intake, log_store: MoLogStore, inbound: InboundStore,
                  surveys: SurveyHook | None = None, limits: KeywordsConfig | None = None,
-                 region: str = "VN", clock: Callable[[], datetime] = _utc_now) -> None:
+                 region: str = "VN", clock: Callable[[], datetime] = _utc_now,
+                 observer: MoObserver | None = None) -> None:
         self._path = Path(table_path)
         self._table = KeywordTable.load(self._path)
         self._actions: dict[str, Action] = {"help": HelpAction(self._help_text)}
@@ -356,6 +365,7 @@ class KeywordRouter:
         self._limits = limits or KeywordsConfig()
         self._region = region
         self._clock = clock
+        self.observer = observer
         self._warn_missing(self._table)
 
     @property
@@ -414,6 +424,8 @@ class KeywordRouter:
             log.info("MO %s already handled (or being handled); skipped", msg.id)
             return
         outcome = await self._decide(msg, number, table)
+        if self.observer is not None:
+            self.observer.mo_handled(outcome.keyword)
         reply_id: UUID | None = None
         reason = outcome.reason
         if outcome.reply is not None and number is not None:

@@ -14,13 +14,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from gateway.store.messages import MessageStore, ReceiptUpdate, SubmitResult
+from gateway.store.messages import MessageStore, ReceiptOutcome, ReceiptUpdate, SubmitResult
 
 log = logging.getLogger("smsgw.ledger")
 
 T = TypeVar("T")
+
+
+class LedgerObserver(Protocol):
+    """What the ledger reports once a batch is stored (e.g. :class:`gateway.metrics.Metrics`)."""
+
+    def receipt_unmatched(self, link: str | None) -> None:
+        """A receipt matched no part and was kept in ``pending_receipts``."""
 
 
 class BatchWriter(Generic[T]):
@@ -86,13 +93,28 @@ class BatchWriter(Generic[T]):
 
 
 class LedgerWriter:
-    """Submit results and receipts, each through its own :class:`BatchWriter`."""
+    """Submit results and receipts, each through its own :class:`BatchWriter`.
 
-    def __init__(self, store: MessageStore, *, max_batch: int = 500) -> None:
+    ``observer`` hears of every stored receipt that matched no part; None costs nothing.
+    """
+
+    def __init__(self, store: MessageStore, *, max_batch: int = 500,
+                 observer: LedgerObserver | None = None) -> None:
+        self._store = store
+        self.observer = observer
         self._results = BatchWriter[SubmitResult]("results", store.record_submit_results,
                                                   max_batch=max_batch)
-        self._receipts = BatchWriter[ReceiptUpdate]("receipts", store.apply_receipts,
+        self._receipts = BatchWriter[ReceiptUpdate]("receipts", self._apply_receipts,
                                                     max_batch=max_batch)
+
+    async def _apply_receipts(self, updates: Sequence[ReceiptUpdate]) -> list[ReceiptOutcome]:
+        outcomes = await self._store.apply_receipts(updates)
+        observer = self.observer
+        if observer is not None:  # reported once the batch is committed, never on a retry
+            for update, outcome in zip(updates, outcomes, strict=True):
+                if outcome.message_id is None:
+                    observer.receipt_unmatched(update.link)
+        return outcomes
 
     def start(self) -> None:
         self._results.start()

@@ -1,6 +1,6 @@
 """Throttling counted in SMS segments: a 3-part message costs 3 tokens.
 
-Four pieces, from pure to composed:
+Five pieces, from pure to composed:
 
 * :class:`TokenBucket` — a local bucket; pure (the caller passes ``now``; no clock, no asyncio).
 * :class:`AdaptiveRate` and :class:`RateMeter` — an AIMD controller that halves the rate when the
@@ -9,6 +9,8 @@ Four pieces, from pure to composed:
 * :class:`RedisTokenBucket` — one bucket for a carrier ACCOUNT shared by every gateway process
   that uses the same Redis (a Lua script on Redis ``TIME``), with local prefetch and a per-process
   fallback while Redis is unreachable.
+* :class:`RedisBuckets` — many named buckets in Redis answered at once (granted, or seconds to
+  wait), with the same per-process fallback; for request rate limits (API keys).
 * :class:`Throttle` — what one link uses: the local bucket at the link's TPS (scaled down by the
   adaptive controller) plus the optional shared account bucket. It owns the clock
   (``time.monotonic``) and the waiting (``asyncio.sleep``).
@@ -33,7 +35,7 @@ import asyncio
 import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from redis.asyncio import Redis
@@ -500,6 +502,123 @@ class RedisTokenBucket:
     def state(self) -> dict[str, Any]:
         return {"account": self.account, "rate": self.rate, "burst": self.burst,
                 "mode": self.mode, "prefetch": self.prefetch}
+
+
+# --------------------------------------------------------------------------- named buckets
+
+
+class RedisBuckets:
+    """Many named token buckets shared through Redis, answered at once instead of waited for.
+
+    For limits on *requests* (an API key's requests per second, see
+    :mod:`gateway.http.keylimit`) rather than throttles on sends: :meth:`take` either takes the
+    tokens or says how many seconds until it could, and never sleeps. Bucket ``name`` lives at
+    ``<key_prefix><name>`` and is updated by the same Lua script as :class:`RedisTokenBucket`
+    (Redis ``TIME``, debt model, key expiring once the bucket would be full). Rate and burst are
+    passed on every call, so a changed limit applies from the next call (last caller wins).
+
+    Redis unreachable (any Redis error, connection error or ``redis_timeout_s``): :meth:`take`
+    never raises and never lets everything through. It answers from a local
+    :class:`TokenBucket` per name at the same rate and burst, and tries Redis again after
+    ``retry_after_s``, doubling up to ``max_retry_after_s`` while it keeps failing. One warning
+    when an outage starts, one info line when Redis answers again. The local buckets are charged
+    for the grants Redis makes too, so a fallback starts from this process's real recent use
+    rather than a full bucket. During an outage each process enforces the limit on its own: N
+    processes may let N times the rate through.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        key_prefix: str,
+        what: str = "rate limits",
+        idle_ttl_ms: int = 1000,
+        redis_timeout_s: float = 0.25,
+        retry_after_s: float = 1.0,
+        max_retry_after_s: float = 10.0,
+        max_local: int = 10_000,
+    ) -> None:
+        if idle_ttl_ms < 1 or redis_timeout_s <= 0 or retry_after_s <= 0 or max_local < 1:
+            raise ValueError("idle_ttl_ms >= 1, redis_timeout_s > 0, retry_after_s > 0 and "
+                             "max_local >= 1 required")
+        self.key_prefix = key_prefix
+        self.what = what  # for log lines: "API key rate limits"
+        self.idle_ttl_ms = idle_ttl_ms
+        self.redis_timeout_s = redis_timeout_s
+        self.retry_after_s = retry_after_s
+        self.max_retry_after_s = max(retry_after_s, max_retry_after_s)
+        self.max_local = max_local
+        self.redis_calls = 0  # script calls (for tests and metrics)
+        self.fallback_answers = 0  # takes answered by a local bucket
+        self._script = client.register_script(_TAKE_LUA)
+        # name -> (rate, burst, bucket); least recently used first
+        self._local: OrderedDict[str, tuple[float, float, TokenBucket]] = OrderedDict()
+        self._down = False
+        self._down_until = -math.inf
+        self._failures = 0
+
+    @property
+    def mode(self) -> str:
+        """``"redis"``, or ``"local"`` while Redis is unreachable."""
+        return "local" if self._down else "redis"
+
+    def _bucket(self, name: str, rate: float, burst: float) -> TokenBucket:
+        entry = self._local.get(name)
+        if entry is None or entry[0] != rate or entry[1] != burst:
+            entry = (rate, burst, TokenBucket(rate, burst))
+            self._local[name] = entry
+            while len(self._local) > self.max_local:
+                self._local.popitem(last=False)
+        self._local.move_to_end(name)
+        return entry[2]
+
+    async def take(self, name: str, rate: float, burst: float, n: int = 1) -> float:
+        """Take ``n`` tokens of bucket ``name``: ``0.0`` if granted, else seconds to wait
+        (nothing taken). Never raises for Redis trouble (see the class doc)."""
+        if not rate > 0 or not burst > 0 or math.isinf(rate):
+            raise ValueError(f"rate and burst must be positive and finite, not {rate!r}, "
+                             f"{burst!r}")
+        if n <= 0:
+            return 0.0
+        local = self._bucket(name, rate, burst)
+        now = time.monotonic()
+        if now >= self._down_until:
+            try:
+                self.redis_calls += 1
+                granted, wait_ms = await asyncio.wait_for(
+                    self._script(keys=[self.key_prefix + name],
+                                 args=[rate, burst, n, self.idle_ttl_ms]),
+                    self.redis_timeout_s)
+            except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+                self._redis_failed(exc, now)
+            else:
+                self._redis_ok()
+                if int(granted):
+                    local.take(n, time.monotonic())  # keep the fallback warm; result unused
+                    return 0.0
+                return max(int(wait_ms), 1) / 1000
+        self.fallback_answers += 1
+        return local.take(n, time.monotonic())
+
+    def _redis_failed(self, exc: BaseException, now: float) -> None:
+        self._failures += 1
+        backoff = self.retry_after_s * 2 ** min(self._failures - 1, 20)
+        self._down_until = now + min(backoff, self.max_retry_after_s)
+        if not self._down:
+            self._down = True
+            log.warning("Redis unreachable for %s (%s: %s); enforcing them per process until "
+                        "it is back", self.what, type(exc).__name__, exc)
+
+    def _redis_ok(self) -> None:
+        self._failures = 0
+        if self._down:
+            self._down = False
+            log.info("Redis reachable again for %s", self.what)
+
+    def state(self) -> dict[str, Any]:
+        return {"mode": self.mode, "key_prefix": self.key_prefix,
+                "redis_calls": self.redis_calls, "fallback_answers": self.fallback_answers}
 
 
 # --------------------------------------------------------------------------- per link

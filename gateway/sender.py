@@ -29,12 +29,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from smpplib import consts
 
 from gateway.config import SendingConfig, SmppConfig
+
+if TYPE_CHECKING:
+    from gateway.adguard import AdvertisingGuard
+    from gateway.campaigns import CampaignGate
 from gateway.domain import MessageStatus, Priority
 from gateway.ledger import LedgerWriter
 from gateway.masking import mask_msisdn
@@ -100,8 +104,12 @@ class Sender:
 
     def __init__(self, *, store: MessageStore, links: Mapping[str, Link], router: Router,
                  ledger: LedgerWriter, sending: SendingConfig,
-                 on_mo: MoHandler | None = None, requeue: Requeue | None = None) -> None:
+                 on_mo: MoHandler | None = None, requeue: Requeue | None = None,
+                 guard: AdvertisingGuard | None = None, gate: CampaignGate | None = None
+                 ) -> None:
         self._store = store
+        self._guard = guard  # send-time advertising rules (None: not checked)
+        self._gate = gate  # which campaigns may send (None: all)
         self._links = links
         self._router = router
         self._ledger = ledger
@@ -136,12 +144,31 @@ class Sender:
             part = ids[i:i + chunk]
             await self._acquire(len(part), keep=self._bulk_floor if bulk else 0)
             claimed = await self._store.claim(part)
+            if claimed and self._guard is not None:
+                claimed = await self._screen(claimed)
             await self._release(len(part) - len(claimed))
             claimed_total += len(claimed)
             tasks.extend(asyncio.create_task(self._send_and_release(rec)) for rec in claimed)
         if tasks:
             await asyncio.gather(*tasks)
         return claimed_total
+
+    async def _screen(self, claimed: list[MessageRecord]) -> list[MessageRecord]:
+        """The advertising rules right before submit; on a failure the batch goes back to
+        the queue rather than waiting in 'submitting' for the sweeper."""
+        assert self._guard is not None
+        try:
+            return await self._guard.screen(claimed)
+        except Exception as exc:
+            log.warning("send-time advertising check failed (%s); %d message(s) requeued",
+                        exc, len(claimed))
+            await self._store.release([r.id for r in claimed],
+                                      f"send-time check failed: {type(exc).__name__}")
+            return []
+
+    def _stopped(self, rec: MessageRecord) -> bool:
+        return (rec.campaign_id is not None and self._gate is not None
+                and not self._gate.is_running(rec.campaign_id))
 
     async def _acquire(self, n: int, *, keep: int = 0) -> None:
         async with self._freed:
@@ -194,6 +221,11 @@ class Sender:
     async def _send_message(self, rec: MessageRecord) -> None:
         # The body was stored in its final form (không dấu already applied at intake).
         link_used: str | None = None
+        if self._stopped(rec):
+            await self._ledger.record(LedgerResult(
+                message_id=rec.id, status=MessageStatus.HELD,
+                error="campaign not running: held before sending"))
+            return
         try:
             enc = encode_message(rec.body, ref=self._next_ref(),
                                  force_ucs2=rec.options.get("data_coding") == 8)
@@ -228,7 +260,9 @@ class Sender:
                 other.up for other in self._links.values() if other is not link):
             return [_Part("failover", error=f"link {link.name} is down")]
         first = await self._send_part(rec, link, self._params(
-            rec, link.config, parts[0], data_coding, esm_class), failover_ok=True)
+            rec, link.config, parts[0], data_coding, esm_class), failover_ok=True,
+            keep=self._gate.keep(rec.campaign_id)
+            if self._gate is not None and rec.campaign_id is not None else None)
         if first.kind != "accepted":
             return [first]
         rest = await asyncio.gather(*(
@@ -248,8 +282,8 @@ class Sender:
             return LedgerResult(message_id=rec.id, status=MessageStatus.SUBMITTED,
                                 part_ids=ids, error=note, link=link)
         worst = failed[0] if failed else _Part("requeue", error="no link to send it on")
-        status = {"requeue": MessageStatus.QUEUED, "failed": MessageStatus.FAILED}.get(
-            worst.kind, MessageStatus.REJECTED)
+        status = {"requeue": MessageStatus.QUEUED, "failed": MessageStatus.FAILED,
+                  "held": MessageStatus.HELD}.get(worst.kind, MessageStatus.REJECTED)
         error = worst.error
         if status is MessageStatus.QUEUED and rec.attempts >= self._sending.max_attempts:
             status, error = MessageStatus.FAILED, f"gave up after {rec.attempts} attempts: {error}"
@@ -258,7 +292,7 @@ class Sender:
         return LedgerResult(message_id=rec.id, status=status, error=error, link=link)
 
     async def _send_part(self, rec: MessageRecord, link: Link, params: dict[str, Any], *,
-                         failover_ok: bool) -> _Part:
+                         failover_ok: bool, keep: Callable[[], bool] | None = None) -> _Part:
         """Submit one part on ``link``, retrying what is safe to retry."""
         budget = self._sending.stale_submitting_s / 2
         deadline = time.monotonic() + budget
@@ -267,8 +301,11 @@ class Sender:
             attempt += 1
             wait = max(0.5, deadline - time.monotonic())
             try:
-                res = await link.submit(params, priority=rec.priority, wait_s=wait)
+                res = await link.submit(params, priority=rec.priority, wait_s=wait, keep=keep)
             except NotSent as exc:
+                if self._stopped(rec):
+                    return _Part("held", error="campaign paused or cancelled: withdrawn "
+                                               "before sending")
                 return _Part("requeue", error=f"not sent: {exc}")
             except Unsendable as exc:
                 return _Part("failed", error=f"cannot encode the submit_sm: {exc}")

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -24,18 +25,26 @@ from gateway import PROJECT_ROOT
 from gateway.actions import Action, selfservice
 from gateway.actions.bill import BillLookupAction
 from gateway.actions.consent import OptInAdsAction, RefuseAdsAction
+from gateway.adguard import AdvertisingGuard
+from gateway.campaigns import CampaignGate, CampaignService
+from gateway.compliance import Clock, utc_now
 from gateway.config import Config, SmppConfig
 from gateway.events import EventService
 from gateway.greetings import GreetingRunner, calendar_from_names, parse_send_at
+from gateway.http import campaigns as campaigns_http
 from gateway.http import events as events_http
 from gateway.http import keywords as keywords_http
+from gateway.http import metrics as metrics_http
 from gateway.http import subscribers as subscribers_http
 from gateway.http import surveys as surveys_http
 from gateway.http import templates as templates_http
+from gateway.http import ui as ui_http
 from gateway.http.app import create_app
+from gateway.http.keylimit import KeyRateLimiter
 from gateway.intake import Intake
 from gateway.keywords import KeywordRouter
 from gateway.ledger import LedgerWriter
+from gateway.metrics import Metrics
 from gateway.mo import MoReceiver
 from gateway.queue import BatchingEnqueuer, JobQueue, connect
 from gateway.ratelimit import RedisTokenBucket
@@ -44,12 +53,15 @@ from gateway.sender import Sender
 from gateway.smpp.client import DeliverHandler, EsmeClient
 from gateway.smpp.codec import Pdu
 from gateway.smpp.link import Link
+from gateway.store.advertising import AdvertisingStore
 from gateway.store.apikeys import ApiKeyStore
+from gateway.store.campaigns import CampaignStore
 from gateway.store.consent import ConsentStore
 from gateway.store.events import EventStore
 from gateway.store.inbound import InboundStore
 from gateway.store.messages import MessageStore
 from gateway.store.mo_log import MoLogStore
+from gateway.store.retention import RetentionStore, retention_loop
 from gateway.store.service_requests import ServiceRequestStore
 from gateway.store.subscribers import SubscriberStore
 from gateway.store.surveys import SurveyStore
@@ -109,8 +121,16 @@ async def open_redis(cfg: Config) -> ArqRedis:
 class Gateway:
     """Every part of the running gateway, wired once from :class:`Config`."""
 
-    def __init__(self, config: Config, *, http: bool = True) -> None:
+    def __init__(self, config: Config, *, http: bool = True, clock: Clock = utc_now) -> None:
         self.config = config
+        self.metrics: Metrics | None = None
+        self.clock = clock  # what the advertising rules and campaigns take as "now"
+        self.campaigns: CampaignService | None = None
+        self.guard: AdvertisingGuard | None = None
+        self._campaign_stop = asyncio.Event()
+        self._campaign_task: asyncio.Task[None] | None = None
+        self._retention_stop = asyncio.Event()
+        self._retention_task: asyncio.Task[None] | None = None
         self._http_enabled = http
         self.pool: asyncpg.Pool | None = None
         self.redis: ArqRedis | None = None
@@ -141,16 +161,27 @@ class Gateway:
         self.redis = await open_redis(cfg)
         self.store = MessageStore(self.pool)
         self.queue = JobQueue(self.redis, cfg.redis)
-        self.ledger = LedgerWriter(self.store)
+        self.metrics = metrics = Metrics()
+        self.ledger = LedgerWriter(self.store, observer=metrics)
         self.ledger.start()
         self.links = {link.name: Link(link, on_deliver=self._deliver_handler(link),
-                                      global_bucket=self._global_bucket(link))
+                                      global_bucket=self._global_bucket(link),
+                                      observer=metrics)
                       for link in cfg.links}
+        metrics.watch_messages(self.store)
+        metrics.watch_links(self.links)
+        metrics.watch_arq(self.queue)
         self.mo = MoReceiver(InboundStore(self.pool))
+        consent = ConsentStore(self.pool)
+        self.guard = AdvertisingGuard(AdvertisingStore(self.pool), consent, cfg.advertising,
+                                      clock=self.clock)
+        campaign_store = CampaignStore(self.pool)
+        gate = CampaignGate()
+        gate.replace(await campaign_store.running_ids())
         self.sender = Sender(store=self.store, links=self.links,
                              router=Router(cfg.route, list(self.links)), ledger=self.ledger,
                              sending=cfg.sending, on_mo=self.mo.on_mo,
-                             requeue=self._requeue)
+                             requeue=self._requeue, guard=self.guard, gate=gate)
         for link in self.links.values():
             link.start()
         renderer = TemplateRenderer(PROJECT_ROOT / "templates_sms",
@@ -166,7 +197,9 @@ class Gateway:
         self.surveys = SurveyService(SurveyStore(self.pool), self.intake,
                                      SubscriberStore(self.pool), region=cfg.sending.region,
                                      inbound=InboundStore(self.pool))
-        consent = ConsentStore(self.pool)
+        self.campaigns = CampaignService(
+            campaign_store, renderer, sending=cfg.sending, advertising=cfg.advertising,
+            campaigns=cfg.campaigns, tps=self._links_tps, clock=self.clock, gate=gate)
         actions: dict[str, Action] = {
             "refuse_ads": RefuseAdsAction(consent, self.store),
             "optin_ads": OptInAdsAction(consent),
@@ -179,7 +212,8 @@ class Gateway:
         self.keywords = KeywordRouter(
             cfg.keywords.path, actions=actions, intake=self.intake,
             log_store=MoLogStore(self.pool), inbound=InboundStore(self.pool),
-            surveys=self.surveys.on_inbound, limits=cfg.keywords, region=cfg.sending.region)
+            surveys=self.surveys.on_inbound, limits=cfg.keywords, region=cfg.sending.region,
+            observer=metrics)
         self.mo.on_message = self.keywords.on_message
         g = cfg.greetings
         self.greetings = GreetingRunner(
@@ -191,10 +225,20 @@ class Gateway:
             asyncio.create_task(self._run_worker(bulk=False), name="arq-worker-care"),
             asyncio.create_task(self._run_worker(bulk=True), name="arq-worker-bulk")]
         self._sweeper_task = asyncio.create_task(self._sweep_forever(), name="sweeper")
+        self._retention_stop.clear()
+        self._retention_task = asyncio.create_task(retention_loop(
+            RetentionStore(self.pool), days=cfg.retention.body_days,
+            interval_s=cfg.retention.interval_s, stop=self._retention_stop), name="retention")
+        self._campaign_stop.clear()
+        self._campaign_task = asyncio.create_task(
+            self.campaigns.run(self._enqueue_campaign, self._campaign_stop),
+            name="campaign-runner")
         if self._http_enabled:
             app = create_app(
                 intake=self.intake, store=self.store, apikeys=ApiKeyStore(self.pool),
                 health=self.health, max_body_bytes=cfg.http.max_body_bytes,
+                key_limiter=KeyRateLimiter(self.redis, default_rate=cfg.http.key_rate_per_s,
+                                           default_burst=cfg.http.key_burst),
                 extensions=[
                     partial(templates_http.setup, renderer=renderer),
                     partial(subscribers_http.setup, store=SubscriberStore(self.pool),
@@ -202,6 +246,13 @@ class Gateway:
                     partial(events_http.setup, service=self.events),
                     partial(surveys_http.setup, service=self.surveys),
                     partial(keywords_http.setup, router=self.keywords),
+                    partial(campaigns_http.setup, service=self.campaigns, consent=consent,
+                            default_sender=cfg.sending.default_sender,
+                            timezone=cfg.advertising.timezone,
+                            max_upload_mb=cfg.campaigns.max_upload_mb),
+                    ui_http.setup,
+                    partial(metrics_http.setup, metrics=metrics,
+                            public=cfg.http.metrics_public),
                 ])
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
@@ -266,6 +317,15 @@ class Gateway:
         await self.queue.enqueue_send(ids, job_id=f"retry:{ids[0]}:{attempt}", defer_s=delay,
                                       bulk=bulk)
 
+    async def _enqueue_campaign(self, ids: Sequence[UUID]) -> None:
+        assert self.queue is not None
+        await self.queue.enqueue_send(ids, job_id=f"campaign:{ids[0]}:{uuid.uuid4().hex[:8]}",
+                                      bulk=True)
+
+    def _links_tps(self) -> float:
+        """Segments per second the links can take (a link without a TPS set counts 100)."""
+        return float(sum(link.config.tps or 100 for link in self.links.values()))
+
     def _global_bucket(self, link: SmppConfig) -> RedisTokenBucket | None:
         if not link.account_tps:
             return None
@@ -290,10 +350,7 @@ class Gateway:
             await self._runner.cleanup()  # stop intake first
         if self.enqueuer is not None:
             await self.enqueuer.stop()
-        if self._sweeper_task is not None:
-            self._sweeper_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper_task
+        await self._stop_background()
         for task in self._worker_tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -317,6 +374,16 @@ class Gateway:
                 await self.redis.aclose(close_connection_pool=True)
         if self.pool is not None:
             await self.pool.close()
+
+    async def _stop_background(self) -> None:
+        """The retention loop, the campaign runner and the sweeper."""
+        self._retention_stop.set()
+        self._campaign_stop.set()
+        for task in (self._retention_task, self._campaign_task, self._sweeper_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(task, 2)
 
     async def health(self) -> dict[str, Any]:
         pg = rd = False
@@ -348,6 +415,10 @@ class Gateway:
                 queued = list(queued) + list(submitting)
             else:
                 await self.store.fail_submitting(submitting, reason)
+        assert self.guard is not None
+        due = await AdvertisingStore(self.pool).release_due(self.clock()) \
+            if self.pool is not None else []
+        queued = list(queued) + [mid for mid, _ in due]
         care, bulk = await self.store.split_by_lane(queued)
         for lane, ids in ((False, care), (True, bulk)):
             for i in range(0, len(ids), s.batch_size):

@@ -34,7 +34,7 @@ import threading
 import tomllib
 import traceback
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -44,6 +44,7 @@ from types import MappingProxyType
 from typing import Any
 
 import jinja2
+import jinja2.nodes
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
@@ -454,6 +455,28 @@ class TemplateRenderer:
             if self._env.cache is not None:
                 self._env.cache.clear()
 
+    def row_function(self, *, name: str | None = None, source: str | None = None
+                     ) -> Callable[[Mapping[str, Any]], str]:
+        """Raw text (before tidying) of one data row, for bulk rendering (campaigns).
+
+        A template made only of text, variables and argument-less filters (``Chào {{ ho_ten
+        }}, {{ amount | vnd }}``) is rendered without Jinja's runtime, several times faster;
+        it fails the same way (a missing variable names itself, None is refused). Anything
+        else goes through the sandbox as :meth:`render` does."""
+        if (name is None) == (source is None):
+            raise ValueError("give a template name or a source")
+        if name is not None:
+            self._require(name)
+            template = self._template(name)
+            text = (self._dir / (name + TEMPLATE_SUFFIX)).read_text(encoding="utf-8")
+        else:
+            assert source is not None
+            template, text = self._source_template(source), source
+        fast = _fast_row_function(self._env, text, name)
+        if fast is not None:
+            return fast
+        return lambda data: _run(template, name, data)
+
     # ---- discovery
 
     def names(self) -> list[str]:
@@ -643,6 +666,71 @@ def _finish(
     )
 
 
+_Piece = tuple[str, str, "Callable[[Any], Any] | None"]  # (literal, variable, filter)
+
+
+def _fast_pieces(env: jinja2.Environment, tree: jinja2.nodes.Template) -> list[_Piece] | None:
+    pieces: list[_Piece] = []
+    for node in tree.body:
+        if not isinstance(node, jinja2.nodes.Output):
+            return None
+        for item in node.nodes:
+            if isinstance(item, jinja2.nodes.TemplateData):
+                pieces.append((item.data, "", None))
+            elif isinstance(item, jinja2.nodes.Name):
+                pieces.append(("", item.name, None))
+            elif (isinstance(item, jinja2.nodes.Filter)
+                  and isinstance(item.node, jinja2.nodes.Name) and not item.args
+                  and not item.kwargs and item.dyn_args is None and item.dyn_kwargs is None
+                  and item.name in _FAST_FILTERS and item.name in env.filters):
+                pieces.append(("", item.node.name, env.filters[item.name]))
+            else:
+                return None
+    return pieces
+
+
+def _fast_row_function(env: jinja2.Environment, source: str, name: str | None
+                       ) -> Callable[[Mapping[str, Any]], str] | None:
+    """See :meth:`TemplateRenderer.row_function`; None when the template is not that simple."""
+    try:
+        tree = env.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise _syntax_error(exc, name) from None
+    pieces = _fast_pieces(env, tree)
+    if pieces is None:
+        return None
+    defaults = dict(env.globals)
+
+    def value_of(data: Mapping[str, Any], var: str, func: Callable[[Any], Any] | None) -> str:
+        value = data[var] if var in data else defaults.get(var, _MISSING)
+        if value is _MISSING:
+            raise TemplateError(name, f"needs variable {var!r}")
+        if value is None:
+            raise TemplateError(name, f"variable {var!r} is empty (None)")
+        if func is not None:
+            try:
+                value = func(value)
+            except Exception as exc:
+                raise TemplateError(name, f"{var!r}: {exc}") from None
+        return str(value)
+
+    def render(data: Mapping[str, Any]) -> str:
+        return "".join(literal if not var else value_of(data, var, func)
+                       for literal, var, func in pieces)
+
+    return render
+
+
+_MISSING = object()
+#: filters the fast path may call directly (pure, one argument)
+_FAST_FILTERS = frozenset({"vnd", "number", "date", "khong_dau", "first_name", "mask", "upper",
+                           "lower", "title", "capitalize", "trim"})
+
+
 def template_defaults(sending: SendingConfig) -> dict[str, Any]:
     """Variables every template sees unless the caller's data overrides them."""
     return {"hotline": sending.hotline, "refusal": sending.refusal}
+
+
+#: The tidying every rendered SMS gets (NFC, whitespace runs collapsed, trimmed).
+tidy_text = _tidy

@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.http.auth import API_KEY, KeyVerifier, auth_middleware, public, requires_scope
+from gateway.http.keylimit import KeyRateLimiter
 from gateway.http.schemas import (
     decode_json_object,
     error_response,
@@ -154,18 +155,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def create_app(*, intake: Intake, store: MessageStore, apikeys: ApiKeyStore,
                health: HealthCheck, max_body_bytes: int = 1_048_576,
-               key_cache_ttl_s: float = 5.0,
+               key_cache_ttl_s: float = 5.0, key_limiter: KeyRateLimiter | None = None,
                extensions: Sequence[Callable[[web.Application], None]] = ()
                ) -> web.Application:
     """The aiohttp application; ``key_cache_ttl_s`` bounds how long a revoked key still works.
 
     ``extensions`` add the routes of other features (each registers its handlers and puts its
     dependencies under its own ``web.AppKey``); handlers declare scopes with
-    :func:`gateway.http.auth.requires_scope`.
+    :func:`gateway.http.auth.requires_scope`. ``key_limiter``: the per-API-key rate limit
+    (429 + Retry-After); none = no limit.
     """
     verifier = KeyVerifier(apikeys, ttl_s=key_cache_ttl_s)
     app = web.Application(client_max_size=max_body_bytes,
-                          middlewares=[error_middleware, auth_middleware(verifier)])
+                          middlewares=[error_middleware,
+                                       auth_middleware(verifier, key_limiter)])
     app[INTAKE] = intake
     app[STORE] = store
     app[HEALTH] = health

@@ -7,8 +7,11 @@ in the request under :data:`API_KEY`.
 Verified keys are cached in memory for ``ttl_s`` seconds (default 5), keyed by the key's
 sha256, so a busy client does not cost a Postgres round trip per request. The cost: a key
 revoked with ``smsgw apikey revoke`` keeps working on this process for at most ``ttl_s``
-seconds after the revocation. Unknown keys are not cached, so a key created a moment ago works
-at once.
+seconds after the revocation (and a limit changed with ``smsgw apikey set-rate`` applies after
+at most as long). Unknown keys are not cached, so a key created a moment ago works at once.
+
+With a :class:`~gateway.http.keylimit.KeyRateLimiter`, every request with a verified key costs
+one token of that key's bucket; over the limit the answer is 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.http.keylimit import KeyRateLimiter, Refusal
 from gateway.http.schemas import error_response
 from gateway.store.apikeys import ApiKey, ApiKeyStore, hash_key
 
@@ -104,8 +108,21 @@ def _route_scope(request: web.Request) -> tuple[bool, str]:
     return scope is None, scope or ""
 
 
-def auth_middleware(verifier: KeyVerifier) -> Middleware:
-    """The middleware checking ``Authorization: Bearer <key>`` and the route's scope."""
+def too_many_requests(key: ApiKey, refusal: Refusal) -> web.Response:
+    """429 naming the key, its limit and what to do, with ``Retry-After`` in whole seconds."""
+    wait = refusal.retry_after_s
+    return error_response(
+        429, f"API key {key.name!r} is over its rate limit of {refusal.limit.describe()}; "
+             f"retry after {wait} s (Retry-After header) and spread requests out, or ask the "
+             f"gateway operator to raise it (smsgw apikey set-rate {key.name} --rate R "
+             f"--burst B)",
+        headers={"Retry-After": str(wait)})
+
+
+def auth_middleware(verifier: KeyVerifier, limiter: KeyRateLimiter | None = None) -> Middleware:
+    """The middleware checking ``Authorization: Bearer <key>``, the key's rate limit (when
+    ``limiter`` is given; every request with a verified key counts, whatever its scope) and
+    the route's scope."""
 
     @web.middleware
     async def check_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -128,6 +145,8 @@ def auth_middleware(verifier: KeyVerifier) -> Middleware:
                      request.path, request.remote)
             return error_response(401, "unknown or revoked API key", field="Authorization",
                                   headers=_INVALID_CHALLENGE)
+        if limiter is not None and (refusal := await limiter.check(key)) is not None:
+            return too_many_requests(key, refusal)
         if scope and scope not in key.scopes:
             log.info("%s %s: API key %r lacks scope %r", request.method, request.path,
                      key.name, scope)

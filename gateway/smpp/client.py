@@ -23,7 +23,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from smpplib import consts
 
@@ -50,6 +50,16 @@ DeliverHandler = Callable[[Pdu], Awaitable[int]]
 """Called for every deliver_sm (receipt or MO); returns the deliver_sm_resp command_status."""
 
 THROTTLE_STATUSES = frozenset({consts.SMPP_ESME_RTHROTTLED, consts.SMPP_ESME_RMSGQFUL})
+
+
+class BindObserver(Protocol):
+    """What a bind reports as it happens (e.g. :class:`gateway.metrics.Metrics`)."""
+
+    def submit_answered(self, link: str, status: int, latency_s: float) -> None:
+        """A submit_sm_resp came back ``latency_s`` after its submit_sm was written."""
+
+    def reconnecting(self, link: str) -> None:
+        """A bind lost (or could not open) its connection and is about to retry."""
 
 
 class NotSent(Exception):
@@ -114,10 +124,13 @@ class Bind:
     """One bind (TCP connection) that keeps itself connected until :meth:`stop`."""
 
     def __init__(self, config: SmppConfig, mode: BindMode, *, name: str,
-                 on_deliver: DeliverHandler) -> None:
+                 on_deliver: DeliverHandler, link: str = "",
+                 observer: BindObserver | None = None) -> None:
         self.config = config
         self.mode = mode
         self.name = name
+        self.link = link or config.name  # the link this bind belongs to (metrics label)
+        self.observer = observer
         self._on_deliver = on_deliver
         self._conn: _Connection | None = None
         self._bound = asyncio.Event()
@@ -195,8 +208,11 @@ class Bind:
             except (ConnectionError, RuntimeError) as exc:
                 raise NotSent(f"write failed on {self.name}: {exc}") from exc
             resp = await fut  # Ambiguous is set on it when the answer cannot come
+        latency = time.monotonic() - sent_at
+        if self.observer is not None:
+            self.observer.submit_answered(self.link, resp.status, latency)
         return SubmitResult(status=resp.status, message_id=resp.pdu.text("message_id"),
-                            latency_s=time.monotonic() - sent_at, bind=self.name)
+                            latency_s=latency, bind=self.name)
 
     # -- connection loop -------------------------------------------------------------------
     async def _run(self) -> None:
@@ -213,6 +229,8 @@ class Bind:
             if self._stopping:
                 break
             self.reconnects += 1
+            if self.observer is not None:
+                self.observer.reconnecting(self.link)
             sleep = min(self.config.reconnect_max_s, delay) * random.uniform(0.5, 1.0)
             log.info("bind %s: reconnecting in %.1fs", self.name, sleep)
             await asyncio.sleep(sleep)
@@ -357,10 +375,11 @@ class EsmeClient:
     """The binds of one SMSC account; spreads submits over the binds that can send."""
 
     def __init__(self, config: SmppConfig, *, on_deliver: DeliverHandler,
-                 name: str = "smsc") -> None:
+                 name: str = "smsc", observer: BindObserver | None = None) -> None:
         self.config = config
         modes = [BindMode.TRX] if config.bind_mode == "trx" else [BindMode.TX, BindMode.RX]
-        self.binds = [Bind(config, m, name=f"{name}-{m.name.lower()}{i}", on_deliver=on_deliver)
+        self.binds = [Bind(config, m, name=f"{name}-{m.name.lower()}{i}", on_deliver=on_deliver,
+                           link=name, observer=observer)
                       for i in range(1, config.binds + 1) for m in modes]
         self._rr = 0
 

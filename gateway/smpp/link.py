@@ -16,7 +16,7 @@ import contextlib
 import heapq
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from gateway.smpp.client import (
     THROTTLE_STATUSES,
     Ambiguous,
     Bind,
+    BindObserver,
     DeliverHandler,
     EsmeClient,
     NotSent,
@@ -44,16 +45,24 @@ class _Item:
     deadline: float = field(default=0.0, compare=False)
     dispatched: bool = field(default=False, compare=False)
     cancelled: bool = field(default=False, compare=False)
+    #: asked right before the part is written: False withdraws it (a paused campaign)
+    keep: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 class Link:
-    """The binds of one SMSC account entry (``[[smsc]]``) behind one ordered queue."""
+    """The binds of one SMSC account entry (``[[smsc]]``) behind one ordered queue.
+
+    ``observer`` (e.g. :class:`gateway.metrics.Metrics`) hears every bind's submit responses
+    and reconnects; None costs nothing.
+    """
 
     def __init__(self, config: SmppConfig, *, on_deliver: DeliverHandler,
-                 global_bucket: RedisTokenBucket | None = None) -> None:
+                 global_bucket: RedisTokenBucket | None = None,
+                 observer: BindObserver | None = None) -> None:
         self.config = config
         self.name = config.name
-        self.client = EsmeClient(config, on_deliver=on_deliver, name=config.name)
+        self.client = EsmeClient(config, on_deliver=on_deliver, name=config.name,
+                                 observer=observer)
         self.throttle = Throttle(
             config.tps or None, shared=global_bucket,
             adaptive=AdaptiveRate(max_rate=config.tps or None, pause_s=config.throttle_pause_s))
@@ -99,12 +108,15 @@ class Link:
 
     # -- submitting --------------------------------------------------------------------------
     async def submit(self, params: Mapping[str, Any], *, priority: int = 1,
-                     wait_s: float = 5.0) -> SubmitResult:
+                     wait_s: float = 5.0, keep: Callable[[], bool] | None = None
+                     ) -> SubmitResult:
         """Queue one part; returns its response. NotSent if it was not dispatched within
-        ``wait_s`` (e.g. the link is down): it is then withdrawn and never sent."""
+        ``wait_s`` (e.g. the link is down): it is then withdrawn and never sent. ``keep`` is
+        asked when the part's turn comes; False withdraws it the same way (NotSent)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[SubmitResult] = loop.create_future()
-        item = _Item((priority, next(self._seq)), params, fut, deadline=loop.time() + wait_s)
+        item = _Item((priority, next(self._seq)), params, fut, deadline=loop.time() + wait_s,
+                     keep=keep)
         heapq.heappush(self._heap, item)
         self._wake.set()
         timer = loop.call_at(item.deadline, self._expire, item)
@@ -149,6 +161,11 @@ class Link:
             if not self._heap:
                 continue
             item = heapq.heappop(self._heap)
+            if item.keep is not None and not item.keep():
+                item.cancelled = True
+                if not item.fut.done():
+                    item.fut.set_exception(NotSent(f"link {self.name}: withdrawn before sending"))
+                continue
             item.dispatched = True
             self._reserved[bind] += 1
             task = asyncio.create_task(self._run(item, bind))

@@ -36,7 +36,8 @@ RECEIPT_STATUSES = frozenset(
 )
 #: Statuses a submit attempt can end in.
 SUBMIT_RESULT_STATUSES = frozenset(
-    {MessageStatus.SUBMITTED, MessageStatus.REJECTED, MessageStatus.FAILED, MessageStatus.QUEUED}
+    {MessageStatus.SUBMITTED, MessageStatus.REJECTED, MessageStatus.FAILED, MessageStatus.QUEUED,
+     MessageStatus.HELD}  # held: withdrawn before sending because its campaign was paused
 )
 #: Message statuses a receipt may roll up from (the message has part rows).
 _ROLLUP_FROM = frozenset({MessageStatus.SUBMITTED, *RECEIPT_STATUSES})
@@ -90,6 +91,9 @@ class MessageRecord:
     done_at: datetime | None
     link: str | None = None  # the SMSC link that accepted it
     options: Mapping[str, Any] = field(default_factory=dict)
+    campaign_id: UUID | None = None
+    advertiser: str | None = None  # whom the advertising cap counts against (default sender)
+    not_before: datetime | None = None  # held by a rule until then
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,17 +332,18 @@ WITH locked AS (
 SELECT count(*) FROM upd
 """
 
-# Queued advertising of one number → cancelled (locked in id order, re-checked once locked:
-# one claimed meanwhile is submitting and stays out). Uses messages_queued_advertising_idx.
+# Waiting (queued or held) advertising of one number → cancelled (locked in id order,
+# re-checked once locked: one claimed meanwhile is submitting and stays out; the check right
+# before submit catches it). Uses messages_pending_advertising_idx.
 _CANCEL_PENDING_ADVERTISING = """
 WITH locked AS (
     SELECT id FROM messages
-    WHERE msisdn = $1 AND class = 'advertising' AND status = 'queued'
+    WHERE msisdn = $1 AND class = 'advertising' AND status IN ('queued', 'held')
     ORDER BY id FOR UPDATE
 ), upd AS (
     UPDATE messages m SET status = 'cancelled', done_at = now(), updated_at = now()
     FROM locked
-    WHERE m.id = locked.id AND m.status = 'queued'
+    WHERE m.id = locked.id AND m.status IN ('queued', 'held')
     RETURNING m.id
 ), ev AS (
     INSERT INTO message_events (message_id, status, detail)
@@ -360,6 +365,8 @@ ORDER BY submitting_at LIMIT $2
 """
 
 _COUNTS = "SELECT status, count(*) AS n FROM messages GROUP BY status"
+
+_COUNTS_BY_CLASS_STATUS = "SELECT class, status, count(*) AS n FROM messages GROUP BY 1, 2"
 
 _INSERT_MANY = """
 INSERT INTO messages (msisdn, sender, body, template, encoding, segments, class, priority,
@@ -431,6 +438,9 @@ def _record(row: Any) -> MessageRecord:
         done_at=row["done_at"],
         link=row["link"],
         options=_json(row["options"]),
+        campaign_id=row["campaign_id"],
+        advertiser=row["advertiser"],
+        not_before=row["not_before"],
     )
 
 
@@ -831,4 +841,13 @@ class MessageStore:
         counts = dict.fromkeys(MessageStatus, 0)
         for row in await self._pool.fetch(_COUNTS):
             counts[MessageStatus(row["status"])] = row["n"]
+        return counts
+
+    async def counts_by_class_status(self) -> dict[tuple[MessageClass, MessageStatus], int]:
+        """Number of messages per (class, status); every pair is present (0 when none).
+
+        A full scan of ``messages``: callers that poll it (``/metrics``) cache the result."""
+        counts = {(c, s): 0 for c in MessageClass for s in MessageStatus}
+        for row in await self._pool.fetch(_COUNTS_BY_CLASS_STATUS):
+            counts[MessageClass(row["class"]), MessageStatus(row["status"])] = row["n"]
         return counts

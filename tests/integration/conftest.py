@@ -7,11 +7,13 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 import pytest
 
+from gateway.compliance import utc_now
 from gateway.config import (
     Config,
     DatabaseConfig,
@@ -72,7 +74,7 @@ async def make_stack(fresh_pg_dsn: str, redis_dsn: str) -> AsyncIterator[MakeSta
 
     async def factory(sim: dict[str, Any] | None = None, smpp: dict[str, Any] | None = None,
                       sending: dict[str, Any] | None = None, redis: str | None = None,
-                      **sections: Any) -> Stack:
+                      clock: Callable[[], datetime] | None = None, **sections: Any) -> Stack:
         simulator = SmscSimulator(SimulatorConfig(port=0, receipt_delay_s=0.05, **(sim or {})))
         await simulator.start()
         smpp_cfg = {"port": simulator.port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2,
@@ -87,11 +89,12 @@ async def make_stack(fresh_pg_dsn: str, redis_dsn: str) -> AsyncIterator[MakeSta
             sending=SendingConfig(**{"sweep_interval_s": 3600.0, **(sending or {})}),
             **sections,
         )
-        gw = Gateway(cfg)
+        gw = Gateway(cfg, clock=clock or utc_now)
         await gw.start()
         assert gw.pool is not None and gw.client is not None
         _, key = await ApiKeyStore(gw.pool).create(f"t-{uuid.uuid4().hex[:8]}",
-                                                   ("messages:send", "events:write"))
+                                                   ("messages:send", "events:write"),
+                                                   rate_per_s=0)
         http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"})
         made.append((gw, simulator, http))
         assert await gw.client.wait_bound(5)

@@ -1,0 +1,330 @@
+"""Campaign uploads: a CSV or XLSX list of recipients → held messages, streamed.
+
+The file is read once, row by row, in a worker thread (the HTTP server keeps serving): each
+row's number is normalised, its columns become the template's variables, the message is
+rendered, labelled ([QC] … refusal) when it is advertising, and measured (encoding,
+segments). Rows go to Postgres through COPY in chunks while the rest is still being read, so
+a million-row file never sits in memory: what is kept is one integer per distinct number (to
+find repeats) and the rejected rows.
+
+A number given twice is sent once, to the **last** row that has it (the marketing team's
+later line is the corrected one); the earlier rows are reported as duplicates. Rows that
+cannot be used are reported with their line, value and reason while the good rows go on.
+A file that cannot be used at all raises :class:`UploadError` before anything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import csv
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from gateway.domain import MessageClass, Priority
+from gateway.intake import MAX_SEGMENTS, label_advertising
+from gateway.masking import mask_msisdn
+from gateway.smpp.encoding import khong_dau as strip_diacritics
+from gateway.smpp.encoding import quick_count
+from gateway.store.campaigns import UploadTail
+from gateway.subscribers_import import (
+    FIELD_ALIASES,
+    ImportFileError,
+    _BadValue,
+    _csv_rows,
+    _is_blank,
+    _shown,
+    _text,
+    _xlsx_rows,
+    detect_format,
+    header_key,
+    parse_msisdn,
+)
+from gateway.templating import TemplateError, tidy_text
+
+log = logging.getLogger("smsgw.campaign_ingest")
+
+CHUNK = 5000
+_SAVE_AS = "save it from Excel as 'CSV UTF-8 (Comma delimited)' or as .xlsx"
+
+
+class UploadError(Exception):
+    """The upload cannot be used at all; nothing was created. ``field`` names the form field."""
+
+    def __init__(self, reason: str, *, field: str = "file",
+                 details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+        self.details = dict(details or {})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RowSpec:
+    """How each row becomes a message."""
+
+    campaign_id: UUID
+    message_class: MessageClass
+    sender: str
+    advertiser: str
+    template: str | None
+    render: Callable[[Mapping[str, Any]], str]  # TemplateRenderer.row_function(...)
+    refusal: str
+    khong_dau: bool = False
+    api_key_id: int | None = None
+    region: str = "VN"
+    msisdn_column: str | None = None  # header name; None = recognised by name
+    mapping: Mapping[str, str] = field(default_factory=dict)  # variable → column header
+    encoding: str = "utf-8"  # of a CSV file: utf-8 or cp1258
+    samples: int = 5
+
+
+@dataclass
+class _State:
+    rows: int = 0
+    seen: dict[int, int] = field(default_factory=dict)  # number → line of its latest row
+    duplicate_lines: list[int] = field(default_factory=list)
+    rejects: list[tuple[int, str, str, str]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _check_csv_text(path: Path, encoding: str) -> None:
+    """UploadError naming the first line the encoding cannot read (or holding a NUL)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                decoder.decode(raw)
+            except UnicodeDecodeError as exc:
+                byte = raw[exc.start:exc.start + 1].hex()
+                hint = ("; if it is Vietnamese from an old Windows program, send "
+                        "encoding=cp1258" if encoding.replace("-", "") == "utf8" else "")
+                raise UploadError(
+                    f"the file is not {encoding} (byte 0x{byte} on line {number}, probably a "
+                    f"Windows code page such as Windows-1258); {_SAVE_AS}{hint}") from None
+            if b"\x00" in raw:
+                raise UploadError(f"line {number} holds a NUL byte: this is not a CSV text "
+                                  f"file; {_SAVE_AS}")
+
+
+def table_rows(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, Sequence[object]]]:
+    try:
+        fmt = detect_format(path)
+    except ImportFileError as exc:
+        raise UploadError(exc.reason) from None
+    if fmt == "xlsx":
+        return _xlsx_rows(path)
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise UploadError(f"unknown encoding {encoding!r}; use utf-8 or cp1258",
+                          field="encoding") from None
+    _check_csv_text(path, encoding)
+    if encoding.replace("-", "").lower() == "utf8":
+        return _csv_rows(path)
+    return _decoded_csv_rows(path, encoding)
+
+
+def _decoded_csv_rows(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
+    with path.open("r", encoding=encoding, newline="") as fh:
+        first = fh.readline()
+        fh.seek(0)
+        counts = {d: first.count(d) for d in (",", ";", "\t")}
+        delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
+        reader = csv.reader(fh, delimiter=delimiter)
+        done = 0
+        for record in reader:
+            yield done + 1, record
+            done = reader.line_num
+
+
+def _header(cells: Sequence[object], spec: RowSpec, line: int
+            ) -> tuple[int, list[tuple[str, int]]]:
+    """(index of the number column, [(variable name, column index)])."""
+    keys = [header_key(c) for c in cells]
+    names = [_text(c) for c in cells]
+    seen: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key and key in seen:
+            raise UploadError(f"column {names[i]!r} appears twice (columns {seen[key] + 1} and "
+                              f"{i + 1} of line {line}); keep one")
+        if key:
+            seen[key] = i
+    found = ", ".join(repr(n) for n in names if n) or "none"
+    if spec.msisdn_column:
+        want = header_key(spec.msisdn_column)
+        if want not in seen:
+            raise UploadError(f"msisdn_column {spec.msisdn_column!r} is not in the header "
+                              f"(line {line}; columns found: {found})", field="msisdn_column")
+        number_col = seen[want]
+    else:
+        hits = [seen[a] for a in FIELD_ALIASES["msisdn"] if a in seen]
+        if not hits:
+            joined = "".join(names)
+            odd = next((d for d in ("|", ":", "/", "#") if d in joined), None)
+            hint = (f"the columns seem separated by {odd!r}: use ',' ';' or a tab"
+                    if odd else "name the number column one of "
+                    f"{', '.join(FIELD_ALIASES['msisdn'][:4])} or send msisdn_column")
+            raise UploadError(f"no phone number column in the header (line {line}; columns "
+                              f"found: {found}); {hint}")
+        number_col = hits[0]
+    variables = [(k, i) for i, k in enumerate(keys) if k]
+    for var, column in spec.mapping.items():
+        key = header_key(column)
+        if key not in seen:
+            raise UploadError(f"mapping: column {column!r} (for {var!r}) is not in the header "
+                              f"(columns found: {found})", field="mapping")
+        variables.append((var, seen[key]))
+    return number_col, variables
+
+
+class _Parser:
+    """Reads the file in a thread and hands record chunks to the event loop."""
+
+    def __init__(self, path: Path, spec: RowSpec) -> None:
+        self._path = path
+        self._spec = spec
+        self.state = _State()
+        rows = table_rows(path, spec.encoding)
+        self._iter = iter(rows)
+        header: tuple[int, Sequence[object]] | None = None
+        for line, cells in self._iter:
+            if not _is_blank(cells):
+                header = (line, cells)
+                break
+        if header is None:
+            raise UploadError("the file is empty" if header is None else "")
+        self._number_col, self._vars = _header(header[1], spec, header[0])
+        self._first_line = header[0]
+
+    def _message(self, line: int, cells: Sequence[object]) -> tuple[Any, ...] | None:
+        spec, state = self._spec, self.state
+        raw = cells[self._number_col] if self._number_col < len(cells) else None
+        try:
+            msisdn = parse_msisdn(raw, region=spec.region)
+        except _BadValue as exc:
+            state.rejects.append((line, _shown(raw), "rejected", str(exc)))
+            return None
+        data: dict[str, Any] = {}
+        n = len(cells)
+        for var, i in self._vars:
+            cell = cells[i] if i < n else ""
+            data[var] = cell.strip() if type(cell) is str else _text(cell)
+        try:
+            text = tidy_text(spec.render(data))
+        except TemplateError as exc:
+            state.rejects.append((line, _shown(raw), "rejected", exc.reason))
+            return None
+        if spec.khong_dau:
+            text = strip_diacritics(text)
+        if spec.message_class is MessageClass.ADVERTISING and not (
+                text.startswith("[QC] ") and text.endswith(spec.refusal)):
+            text = label_advertising(text, spec.refusal)
+        if not text:
+            state.rejects.append((line, _shown(raw), "rejected", "the message is empty"))
+            return None
+        encoding, segments = quick_count(text)
+        if segments > MAX_SEGMENTS:
+            state.rejects.append((line, _shown(raw), "rejected",
+                                  f"message too long: {segments} segments ({encoding}); "
+                                  f"at most {MAX_SEGMENTS}"))
+            return None
+        key = int(msisdn)
+        earlier = state.seen.get(key)
+        if earlier is not None:
+            state.duplicate_lines.append(earlier)
+            state.rejects.append((earlier, msisdn, "duplicate", f"same number as line {line}"))
+        state.seen[key] = line
+        if len(state.samples) < spec.samples:
+            state.samples.append({"line": line, "msisdn": mask_msisdn(msisdn), "text": text,
+                                  "encoding": encoding.value, "segments": segments,
+                                  "chars": len(text)})
+        priority = Priority.BULK
+        return (msisdn, spec.sender, text, spec.template, encoding.value, segments,
+                spec.message_class.value, priority, spec.khong_dau, "held", spec.campaign_id,
+                line, spec.advertiser, spec.api_key_id)
+
+    def chunks(self) -> Iterator[list[tuple[Any, ...]]]:
+        chunk: list[tuple[Any, ...]] = []
+        state = self.state
+        try:
+            for line, cells in self._iter:
+                if _is_blank(cells):
+                    continue
+                state.rows += 1
+                record = self._message(line, cells)
+                if record is not None:
+                    chunk.append(record)
+                    if len(chunk) >= CHUNK:
+                        yield chunk
+                        chunk = []
+        except ImportFileError as exc:
+            raise UploadError(exc.reason) from None
+        except csv.Error as exc:
+            raise UploadError(f"CSV unreadable: {exc}") from None
+        if chunk:
+            yield chunk
+
+    def tail(self) -> UploadTail:
+        s = self.state
+        return UploadTail(duplicate_lines=s.duplicate_lines, rejects=s.rejects, rows=s.rows,
+                          samples=s.samples)
+
+
+async def open_upload(path: Path, spec: RowSpec) -> _Parser:
+    """Open and check the file's header (UploadError if unusable), off the event loop."""
+    return await asyncio.to_thread(_Parser, path, spec)
+
+
+async def stream_records(parser: _Parser, *, depth: int = 4
+                         ) -> AsyncIterator[tuple[Any, ...]]:
+    """The parser's records, produced by a thread ``depth`` chunks ahead of the consumer."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[tuple[Any, ...]] | BaseException | None] = asyncio.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in parser.chunks():
+                if stop.is_set():
+                    return
+                asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
+            asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+        except BaseException as exc:  # handed over to the consumer, raised there
+            if not stop.is_set():
+                asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
+
+    worker = loop.run_in_executor(None, produce)
+    try:
+        while True:
+            item = await queue.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            for record in item:
+                yield record
+    finally:
+        stop.set()
+        while not queue.empty():
+            queue.get_nowait()
+        await worker
+
+
+def parse_schedule(value: str, tz: Any) -> datetime | None:
+    """ISO 8601; without an offset it is local time in ``tz``."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise UploadError(f"schedule_at {value!r} is not an ISO 8601 time "
+                          "(e.g. 2026-12-01T09:00)", field="schedule_at") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=tz)
