@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from gateway import PROJECT_ROOT
+from gateway.compliance import AdWindow, Clock, utc_now
 from gateway.config import Config
 from gateway.masking import mask_msisdn
 from gateway.service import PG_ERRORS, Gateway, postgres_down
@@ -76,6 +77,22 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     print()
 
 
+def _demo_clock(cfg: Config) -> Clock:
+    """Real time, except outside advertising hours: then the demo's gateway pretends it is
+    10:00 in the advertising time zone so the promotion goes out (a real gateway holds it
+    until the window opens)."""
+    window = AdWindow.from_config(cfg.advertising)
+    now = utc_now()
+    if window.is_open(now):
+        return utc_now
+    local = now.astimezone(window.tz)
+    offset = local.replace(hour=10, minute=0) - local
+    print(f"It is {local:%H:%M} in {window.tz.key}, outside advertising hours "
+          f"({window.describe()}): a real gateway would hold the promotion until the window "
+          "opens. This demo pretends it is 10:00.")
+    return lambda: utc_now() + offset
+
+
 async def run_demo(cfg: Config) -> int:
     if cfg.log.level.upper() == "INFO":  # keep the demo's table readable
         logging.getLogger("smsgw").setLevel(logging.WARNING)
@@ -90,7 +107,7 @@ async def run_demo(cfg: Config) -> int:
     cfg = dataclasses.replace(
         cfg, smpp=dataclasses.replace(cfg.smpp, host="127.0.0.1", port=sim.port),
         http=dataclasses.replace(cfg.http, host="127.0.0.1", port=0))
-    gw = Gateway(cfg)
+    gw = Gateway(cfg, clock=_demo_clock(cfg))
     key_name = f"demo-{int(time.time() * 1000)}"
     try:
         await gw.start()
