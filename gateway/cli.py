@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import PROJECT_ROOT
+from gateway.cli_dnc import add_parser as add_dnc_parser
 from gateway.cli_retention import add_parser as add_retention_parser
 from gateway.cli_subscribers import add_parser as add_subscribers_parser
 from gateway.config import Config, ConfigError, load_config
@@ -306,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_subscribers_parser(sub)
     add_retention_parser(sub)
+    add_dnc_parser(sub)
 
     tpl = sub.add_parser("templates", help="template tools")
     tsub = tpl.add_subparsers(dest="action", required=True)

@@ -186,3 +186,15 @@ def test_serve_sends_and_stops_cleanly_on_sigterm(env: dict[str, str]) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_dnc_import_cli(env: dict[str, str], tmp_path: Path) -> None:
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "dnc.csv"
+    out = smsgw("dnc", "import", str(shared), "--source", "dnc-2026-11", env=env)
+    assert out.returncode == 0, out.stderr
+    listed = sum(1 for line in shared.read_text().splitlines()[1:] if line.strip())
+    assert f"{listed} numbers on the Do-Not-Call list" in out.stdout
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ten\nAn\n")
+    out = smsgw("dnc", "import", str(bad), env=env)
+    assert out.returncode == 1 and "nothing was imported" in out.stderr
