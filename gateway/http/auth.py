@@ -45,7 +45,7 @@ _SCOPE_ATTR = "__smsgw_scope__"
 
 
 def requires_scope(scope: str) -> Callable[[H], H]:
-    """Mark a handler as needing an API key with ``scope``."""
+    """Mark a handler as needing an API key with ``scope`` (``"a|b"``: either of them)."""
     def mark(handler: H) -> H:
         setattr(handler, _SCOPE_ATTR, scope)
         return handler
@@ -147,10 +147,11 @@ def auth_middleware(verifier: KeyVerifier, limiter: KeyRateLimiter | None = None
                                   headers=_INVALID_CHALLENGE)
         if limiter is not None and (refusal := await limiter.check(key)) is not None:
             return too_many_requests(key, refusal)
-        if scope and scope not in key.scopes:
+        if scope and not any(s in key.scopes for s in scope.split("|")):
             log.info("%s %s: API key %r lacks scope %r", request.method, request.path,
                      key.name, scope)
-            return error_response(403, f"this API key lacks the scope {scope!r}; its scopes "
+            wanted = " or ".join(repr(s) for s in scope.split("|"))
+            return error_response(403, f"this API key lacks the scope {wanted}; its scopes "
                                        f"are {', '.join(key.scopes) or 'none'}",
                                   field="Authorization")
         request[API_KEY] = key

@@ -188,17 +188,20 @@ def _id(request: web.Request) -> UUID:
     try:
         return UUID(request.match_info["id"])
     except ValueError:
-        raise web.HTTPNotFound(text=json.dumps(error_body(
-            f"no campaign {request.match_info['id']!r} (not a campaign id)")),
-            content_type="application/json") from None
+        raise CampaignError(404, f"no campaign {request.match_info['id']!r} (not a campaign "
+                                 "id)") from None
 
 
-@requires_scope("campaigns:write")
+#: Reading campaigns: the makers and the checkers who approve them.
+READ = "campaigns:write|campaigns:approve"
+
+
+@requires_scope(READ)
 async def list_campaigns(request: web.Request) -> web.StreamResponse:
     return web.json_response({"campaigns": await request.app[CAMPAIGNS].service.summaries()})
 
 
-@requires_scope("campaigns:write")
+@requires_scope(READ)
 async def get_campaign(request: web.Request) -> web.StreamResponse:
     try:
         return web.json_response(await request.app[CAMPAIGNS].service.view(_id(request)))
@@ -206,7 +209,7 @@ async def get_campaign(request: web.Request) -> web.StreamResponse:
         return _campaign_error(exc)
 
 
-@requires_scope("campaigns:write")
+@requires_scope(READ)
 async def get_timeline(request: web.Request) -> web.StreamResponse:
     try:
         points = await request.app[CAMPAIGNS].service.timeline(_id(request))
@@ -215,13 +218,13 @@ async def get_timeline(request: web.Request) -> web.StreamResponse:
     return web.json_response({"points": points})
 
 
-@requires_scope("campaigns:write")
+@requires_scope(READ)
 async def get_report(request: web.Request) -> web.StreamResponse:
     service = request.app[CAMPAIGNS].service
-    cid = _id(request)
     raw = request.query.get("masked")
     masked = service.report_masked if raw is None else _bool(raw)
     try:
+        cid = _id(request)
         chunks = service.report_csv(cid, masked=masked)
         first = await anext(chunks)
     except CampaignError as exc:

@@ -97,8 +97,9 @@
     }
     /** "HTTP 403: this campaign was created with your key ..." */
     describe(what) {
-      const where = this.field ? ` (field ${this.field})` : "";
-      const rid = this.requestId ? ` [request ${this.requestId}]` : "";
+      const where = this.field && this.field !== "Authorization" ? ` (field ${this.field})` : "";
+      // the request id only matters for a server error: it finds the traceback in the log
+      const rid = this.requestId && this.status >= 500 ? ` [request ${this.requestId}]` : "";
       const head = what ? `${what} refused — ` : "";
       return this.status
         ? `${head}HTTP ${this.status}: ${this.message}${where}${rid}`

@@ -231,10 +231,9 @@
       if (!template) need("template", "Choose a template (or write the text).");
       form.append("template", template);
     }
-    const sender = $("f-sender").value.trim();
-    if (!sender) need("sender", "Give the sender (brandname) the SMS comes from.");
     form.append("class", $("f-class").value);
-    form.append("sender", sender);
+    const sender = $("f-sender").value.trim();
+    if (sender) form.append("sender", sender); // else the gateway's default sender
     const optional = { advertiser: "f-advertiser", schedule_at: "f-schedule",
       msisdn_column: "f-msisdn-column" };
     for (const [field, id] of Object.entries(optional)) {
