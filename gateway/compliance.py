@@ -106,3 +106,14 @@ def send_eta(segments: int, tps: float, start: datetime, window: AdWindow | None
         left -= room
         at = window.next_open(window.closes_at(at))
     return seconds, at
+
+
+def daytime_clock(window: AdWindow, *, hour: int = 10) -> Clock | None:
+    """None inside ``window``; outside, a clock running from ``hour``:00 local today (the
+    demo and tests that must send advertising whatever the hour). Never for production."""
+    now = utc_now()
+    if window.is_open(now):
+        return None
+    local = now.astimezone(window.tz)
+    offset = local.replace(hour=hour, minute=0, second=0, microsecond=0) - local
+    return lambda: utc_now() + offset

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from gateway import PROJECT_ROOT
-from gateway.compliance import AdWindow, Clock, utc_now
+from gateway.compliance import AdWindow, Clock, daytime_clock, utc_now
 from gateway.config import Config
 from gateway.masking import mask_msisdn
 from gateway.service import PG_ERRORS, Gateway, postgres_down
@@ -82,15 +82,14 @@ def _demo_clock(cfg: Config) -> Clock:
     10:00 in the advertising time zone so the promotion goes out (a real gateway holds it
     until the window opens)."""
     window = AdWindow.from_config(cfg.advertising)
-    now = utc_now()
-    if window.is_open(now):
+    shifted = daytime_clock(window)
+    if shifted is None:
         return utc_now
-    local = now.astimezone(window.tz)
-    offset = local.replace(hour=10, minute=0) - local
+    local = utc_now().astimezone(window.tz)
     print(f"It is {local:%H:%M} in {window.tz.key}, outside advertising hours "
           f"({window.describe()}): a real gateway would hold the promotion until the window "
           "opens. This demo pretends it is 10:00.")
-    return lambda: utc_now() + offset
+    return shifted
 
 
 async def run_demo(cfg: Config) -> int:

@@ -13,8 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.compliance import utc_now
+from gateway.compliance import AdWindow, utc_now
+from gateway.compliance import daytime_clock as daytime_clock_for
 from gateway.config import (
+    AdvertisingConfig,
     Config,
     DatabaseConfig,
     HttpConfig,
@@ -68,6 +70,13 @@ class Stack:
 MakeStack = Callable[..., Awaitable[Stack]]
 
 
+def daytime_clock() -> Callable[[], datetime]:
+    """Real time inside advertising hours; outside, real time shifted to 10:00 local today, so
+    tests that send advertising do not depend on the hour CI runs at (tests of the window
+    inject their own clock)."""
+    return daytime_clock_for(AdWindow.from_config(AdvertisingConfig())) or utc_now
+
+
 @pytest.fixture
 async def make_stack(fresh_pg_dsn: str, redis_dsn: str) -> AsyncIterator[MakeStack]:
     made: list[tuple[Gateway, SmscSimulator, aiohttp.ClientSession]] = []
@@ -89,7 +98,7 @@ async def make_stack(fresh_pg_dsn: str, redis_dsn: str) -> AsyncIterator[MakeSta
             sending=SendingConfig(**{"sweep_interval_s": 3600.0, **(sending or {})}),
             **sections,
         )
-        gw = Gateway(cfg, clock=clock or utc_now)
+        gw = Gateway(cfg, clock=clock or daytime_clock())
         await gw.start()
         assert gw.pool is not None and gw.client is not None
         _, key = await ApiKeyStore(gw.pool).create(f"t-{uuid.uuid4().hex[:8]}",

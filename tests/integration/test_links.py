@@ -27,7 +27,7 @@ from gateway.config import (
 from gateway.service import Gateway
 from gateway.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.store.apikeys import ApiKeyStore
-from tests.integration.conftest import TERMINAL, numbers
+from tests.integration.conftest import TERMINAL, daytime_clock, numbers
 
 
 @dataclasses.dataclass
@@ -93,7 +93,7 @@ async def make_multi(fresh_pg_dsn: str, redis_dsn: str) -> AsyncIterator[MakeMul
             smsc=smsc,
             route=tuple(RouteConfig(**r) for r in routes or ()),
         )
-        gw = Gateway(cfg)
+        gw = Gateway(cfg, clock=daytime_clock())
         await gw.start()
         assert gw.pool is not None
         _, key = await ApiKeyStore(gw.pool).create(f"t-{uuid.uuid4().hex[:8]}",
