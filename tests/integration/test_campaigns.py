@@ -274,7 +274,7 @@ async def test_pause_resume_cancel_take_effect(make_stack: MakeStack) -> None:
 
 async def test_schedule_in_the_future_waits(make_stack: MakeStack) -> None:
     api = await make_api(make_stack)
-    when = (datetime.now(HCM) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")
+    when = (api.st.gw.clock().astimezone(HCM) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")
     view = await api.upload(b"so_dien_thoai,ho_ten\n0912345678,An\n", schedule_at=when)
     cid = view["id"]
     await api.act(cid, "approve", as_checker=True)
