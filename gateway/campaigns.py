@@ -76,19 +76,57 @@ class CampaignError(Exception):
 class CampaignGate:
     """Which campaigns are running, as this process last saw them (refreshed by the runner,
     updated at once by this process's own actions). A claimed campaign message is sent only
-    while its campaign is running."""
+    while its campaign is running.
 
-    def __init__(self) -> None:
+    A refresh reads Postgres, which takes time: a pause (or resume) made by this process
+    while the runner's read was under way must not be undone by that read's older answer.
+    So the runner takes :meth:`mark` before it reads and passes it to :meth:`replace`, which
+    re-applies this process's own changes made since the mark. Other processes' changes
+    reach this one at its runner's next tick (``campaigns.tick_s``)."""
+
+    def __init__(self, loader: Callable[[], Awaitable[set[UUID]]] | None = None) -> None:
         self._running: set[UUID] = set()
+        self._loader = loader  # reads the running campaigns from Postgres
+        self._seq = 0
+        self._changes: dict[UUID, tuple[int, bool]] = {}  # campaign → (seq, running?)
 
-    def replace(self, ids: set[UUID]) -> None:
-        self._running = set(ids)
+    def mark(self) -> int:
+        """Take before reading the running campaigns; pass to :meth:`replace`."""
+        return self._seq
+
+    def replace(self, ids: set[UUID], since: int | None = None) -> None:
+        """The running campaigns as read from Postgres after ``mark()`` returned ``since``
+        (None: an authoritative read with no change of ours in flight)."""
+        running = set(ids)
+        for cid, (seq, on) in list(self._changes.items()):
+            if since is not None and seq > since:  # newer than the read: ours wins
+                if on:
+                    running.add(cid)
+                else:
+                    running.discard(cid)
+            else:
+                del self._changes[cid]
+        self._running = running
+
+    def _change(self, campaign_id: UUID, on: bool) -> None:
+        self._seq += 1
+        self._changes[campaign_id] = (self._seq, on)
 
     def add(self, campaign_id: UUID) -> None:
+        self._change(campaign_id, True)
         self._running.add(campaign_id)
 
     def discard(self, campaign_id: UUID) -> None:
+        self._change(campaign_id, False)
         self._running.discard(campaign_id)
+
+    async def confirm(self, campaign_ids: set[UUID]) -> None:
+        """Before holding claimed messages of campaigns this process does not know to be
+        running, ask Postgres: another process may have started or resumed them since the
+        runner's last tick."""
+        unknown = campaign_ids - self._running
+        if unknown and self._loader is not None:
+            self._running.update(unknown & await self._loader())
 
     def is_running(self, campaign_id: UUID) -> bool:
         return campaign_id in self._running
@@ -213,8 +251,9 @@ class CampaignService:
 
     async def pause(self, campaign_id: UUID, api_key_id: int | None) -> dict[str, Any]:
         campaign = await self._get(campaign_id)
-        self.gate.discard(campaign_id)
+        self.gate.discard(campaign_id)  # at once; again once the move is committed (below)
         await self._move(campaign, S.PAUSED, (S.RUNNING, S.SCHEDULED), api_key_id, "pause")
+        self.gate.discard(campaign_id)
         n = await self.store.hold_queued(campaign_id, "campaign paused")
         log.info("campaign %s paused; %d queued message(s) held", campaign_id, n)
         return await self.view(campaign_id)
@@ -233,6 +272,7 @@ class CampaignService:
         self.gate.discard(campaign_id)
         await self._move(campaign, S.CANCELLED, (S.DRAFT, S.APPROVED, S.SCHEDULED, S.RUNNING,
                                                  S.PAUSED), api_key_id, "cancel")
+        self.gate.discard(campaign_id)
         n = await self.store.cancel_waiting(campaign_id, "campaign cancelled")
         log.info("campaign %s cancelled; %d waiting message(s) cancelled", campaign_id, n)
         return await self.view(campaign_id)
@@ -352,8 +392,9 @@ class CampaignService:
         now = self._clock()
         for cid in await self.store.due_scheduled(now):
             log.info("campaign %s: scheduled time reached, running", cid)
+        mark = self.gate.mark()
         running = await self.store.running()
-        self.gate.replace({c.id for c in running})
+        self.gate.replace({c.id for c in running}, since=mark)
         released = 0
         target = max(self._campaigns.min_release,
                      int(self._campaigns.lookahead_s * self.links_tps()))

@@ -144,6 +144,8 @@ class Sender:
             part = ids[i:i + chunk]
             await self._acquire(len(part), keep=self._bulk_floor if bulk else 0)
             claimed = await self._store.claim(part)
+            if claimed and self._gate is not None:
+                await self._gate.confirm({r.campaign_id for r in claimed if r.campaign_id})
             if claimed and self._guard is not None:
                 claimed = await self._screen(claimed)
             await self._release(len(part) - len(claimed))

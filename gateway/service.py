@@ -35,6 +35,7 @@ from gateway.http import campaigns as campaigns_http
 from gateway.http import events as events_http
 from gateway.http import keywords as keywords_http
 from gateway.http import metrics as metrics_http
+from gateway.http import openapi as openapi_http
 from gateway.http import subscribers as subscribers_http
 from gateway.http import surveys as surveys_http
 from gateway.http import templates as templates_http
@@ -176,7 +177,7 @@ class Gateway:
         self.guard = AdvertisingGuard(AdvertisingStore(self.pool), consent, cfg.advertising,
                                       clock=self.clock)
         campaign_store = CampaignStore(self.pool)
-        gate = CampaignGate()
+        gate = CampaignGate(loader=campaign_store.running_ids)
         gate.replace(await campaign_store.running_ids())
         self.sender = Sender(store=self.store, links=self.links,
                              router=Router(cfg.route, list(self.links)), ledger=self.ledger,
@@ -253,6 +254,7 @@ class Gateway:
                     ui_http.setup,
                     partial(metrics_http.setup, metrics=metrics,
                             public=cfg.http.metrics_public),
+                    openapi_http.setup,
                 ])
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
@@ -323,8 +325,20 @@ class Gateway:
                                       bulk=True)
 
     def _links_tps(self) -> float:
-        """Segments per second the links can take (a link without a TPS set counts 100)."""
-        return float(sum(link.config.tps or 100 for link in self.links.values()))
+        """Segments per second the links can take: each link's TPS (100 when none is set),
+        capped per SMSC account by its shared account_tps."""
+        per_account: dict[str, float] = {}
+        total = 0.0
+        for link in self.links.values():
+            tps = float(link.config.tps or 100)
+            if link.config.account_tps:
+                account = link.config.account or link.name
+                per_account[account] = per_account.get(account, 0.0) + tps
+            else:
+                total += tps
+        caps = {link.config.account or link.name: float(link.config.account_tps)
+                for link in self.links.values() if link.config.account_tps}
+        return total + sum(min(tps, caps[account]) for account, tps in per_account.items())
 
     def _global_bucket(self, link: SmppConfig) -> RedisTokenBucket | None:
         if not link.account_tps:

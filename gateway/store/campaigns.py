@@ -195,10 +195,19 @@ WITH locked AS (
 SELECT count(*) FROM upd
 """
 
+# Only while the campaign is running, checked under a share lock on its row: a pause or
+# cancel (an UPDATE of that row, then hold_queued / cancel_waiting) either waits for this
+# release to commit and then takes back what it queued, or commits first, and then this
+# release finds the campaign no longer running and releases nothing. Without the lock a
+# runner (of any process) that read the campaign as running just before the pause could
+# queue messages after the pause had held the queued ones.
 _RELEASE = """
-WITH pick AS (
-    SELECT id FROM messages
-    WHERE campaign_id = $1 AND status = 'held' AND (not_before IS NULL OR not_before <= $3)
+WITH c AS MATERIALIZED (
+    SELECT id FROM campaigns WHERE id = $1 AND status = 'running' FOR SHARE
+), pick AS (
+    SELECT m.id FROM messages m
+    WHERE m.campaign_id = (SELECT id FROM c) AND m.status = 'held'
+      AND (m.not_before IS NULL OR m.not_before <= $3)
     LIMIT $2 FOR UPDATE SKIP LOCKED
 ), upd AS (
     UPDATE messages m SET status = 'queued', not_before = NULL, updated_at = now()

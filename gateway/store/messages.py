@@ -197,6 +197,9 @@ WITH r AS (
         done_at = CASE WHEN r.status IN ('rejected', 'failed') THEN now() ELSE m.done_at END,
         last_error = COALESCE(r.error, m.last_error),
         link = COALESCE(r.link, m.link),
+        -- held before anything was sent (campaign paused): that claim was no attempt
+        attempts = CASE WHEN r.status = 'held' THEN GREATEST(0, m.attempts - 1)
+                        ELSE m.attempts END,
         updated_at = now()
     FROM r JOIN locked ON locked.id = r.id
     WHERE m.id = r.id AND m.status = 'submitting'
