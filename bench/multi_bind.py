@@ -5,7 +5,7 @@ each connection, as carriers do per bind. One gateway link with 1, 2 and 4 binds
 ``tps`` set to binds × per-bind) submits for a few seconds; the table shows the aggregate
 accepted rate scaling with the binds.
 
-    python3 bench/multi_bind.py [--per-bind 500] [--seconds 4] [--binds 1,2,4]
+    python3 bench/multi_bind.py [--per-bind 500] [--seconds 4] [--binds 1,2,4] [--quick]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simtools import free_port, start_simulator
+from simtools import add_quick, apply_quick, free_port, print_result, start_simulator
 
 from gateway.config import SmppConfig
 from gateway.smpp.codec import Pdu
@@ -65,7 +65,8 @@ def main() -> None:
     ap.add_argument("--per-bind", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--binds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
-    args = ap.parse_args()
+    add_quick(ap)
+    args = apply_quick(ap, ap.parse_args(), seconds=2.0, binds=[1, 2])
 
     async def all_rows() -> list[dict[str, float]]:
         return [await run_one(b, args.per_bind, args.seconds) for b in args.binds]
@@ -80,6 +81,12 @@ def main() -> None:
     for r in rows:
         print(f"| {r['binds']:.0f} | {r['limit']:.0f} | {r['parts']:.0f} | {r['rate']:,.0f} | "
               f"{r['rate'] / r['limit'] * 100:.0f} % | {r['throttled']:.0f} | {r['lost']:.0f} |")
+    if rows:
+        top = max(rows, key=lambda r: r["binds"])
+        print_result("multi_bind", throughput_per_s=top["rate"], unit="parts/s accepted",
+                     note=f"{top['binds']:.0f} binds × {args.per_bind}/s",
+                     of_limit_pct=top["rate"] / top["limit"] * 100,
+                     lost=sum(r["lost"] for r in rows))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ worker, SMPP bind, ledger writer) in this one, on a scratch database and Redis d
 removed afterwards. Posts N messages with C concurrent HTTP clients and reports accepted/s,
 time until every message is delivered, and the HTTP 202 → delivered latency percentiles.
 
-    python3 bench/pipeline_throughput.py [--count 5000] [--concurrency 50] [--window 50]
+    python3 bench/pipeline_throughput.py [--count 5000] [--concurrency 50] [--window 50] [--quick]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simtools import free_port, start_simulator
+from simtools import add_quick, apply_quick, free_port, print_result, start_simulator
 
 from gateway import PROJECT_ROOT
 from gateway.config import (
@@ -106,6 +106,10 @@ async def run(args: argparse.Namespace) -> None:
         print("|---:|---:|---:|---:|---:|---:|")
         print(f"| {args.count} | {args.count / intake_s:,.0f} | {total_s:.1f} | "
               f"{len(done) / total_s:,.0f} | {pct(0.5):.0f} | {pct(0.99):.0f} |")
+        print_result("pipeline_throughput", throughput_per_s=len(done) / total_s,
+                     p50_ms=pct(0.5), p99_ms=pct(0.99), unit="msg/s end to end",
+                     note=f"{args.count} messages, created→delivered latency",
+                     accepted_per_s=args.count / intake_s, delivered=len(done))
     finally:
         if gw is not None:
             await gw.stop(5)
@@ -123,10 +127,12 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=5000)
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--window", type=int, default=50)
+    add_quick(ap)
+    args = apply_quick(ap, ap.parse_args(), count=500)
     logging.basicConfig(level=logging.WARNING)
     if os.environ.get("BENCH_TRACE"):
         logging.getLogger("smsgw.ledger").setLevel(logging.DEBUG)
-    asyncio.run(run(ap.parse_args()))
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":
