@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from gateway.http.auth import API_KEY, KeyVerifier, auth_middleware, public, requires_scope
@@ -142,6 +143,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:  # redirects and the like are not errors
             raise
         response = _http_error(request, exc)
+    except HttpProcessingError as exc:  # the body did not parse (e.g. a bad multipart header)
+        status = exc.code if 400 <= exc.code < 500 else 400
+        detail = " ".join(exc.message.split())[:200] or "the body cannot be read"
+        response = error_response(status, f"malformed request: {detail}")
     except Exception:
         log.exception("request %s (%s %s) failed", request_id, request.method, request.path)
         response = error_response(500, INTERNAL_ERROR_REASON, request_id=request_id)

@@ -58,6 +58,13 @@ def public(handler: H) -> H:
     return handler
 
 
+def declared_scope(handler: Callable[..., Any]) -> str | None:
+    """What a handler declared: its scope, ``None`` for a public route, ``""`` for any valid
+    key (also when it declared nothing: deny by default)."""
+    scope: str | None = getattr(handler, _SCOPE_ATTR, "")
+    return scope
+
+
 class KeyVerifier:
     """``ApiKeyStore.verify`` behind a small LRU cache with a time-to-live (see module doc)."""
 

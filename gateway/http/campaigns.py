@@ -29,8 +29,14 @@ from gateway.campaigns import CampaignError, CampaignService, UploadForm
 from gateway.dnc_import import import_dnc
 from gateway.domain import MessageClass
 from gateway.http.auth import API_KEY, requires_scope
-from gateway.http.schemas import error_body, error_response
+from gateway.http.schemas import (
+    MULTIPART_ERRORS,
+    error_body,
+    error_response,
+    malformed_multipart,
+)
 from gateway.store.consent import ConsentStore, DncChannels
+from gateway.subscribers_import import ImportFileError
 
 log = logging.getLogger("smsgw.http.campaigns")
 
@@ -81,7 +87,22 @@ async def _save(part: BodyPartReader, fd: int, limit: int) -> None:
 
 async def _read_form(request: web.Request, limit: int
                      ) -> tuple[dict[str, str], Path, str]:
-    """The text fields, the uploaded file (a temporary path) and its name."""
+    """The text fields, the uploaded file (a temporary path) and its name; a body aiohttp
+    cannot read as multipart (no boundary, a bad part header...) is a 400."""
+    try:
+        fields, path, name = await _read_parts(request, limit)
+    except MULTIPART_ERRORS as exc:
+        raise malformed_multipart(exc) from None
+    for field, value in fields.items():
+        if "\x00" in value:  # Postgres cannot store it
+            path.unlink(missing_ok=True)
+            raise UploadError(f"{field} contains the NUL character (\\u0000); remove it",
+                              field=field)
+    return fields, path, name
+
+
+async def _read_parts(request: web.Request, limit: int
+                      ) -> tuple[dict[str, str], Path, str]:
     if not request.content_type.startswith("multipart/"):
         raise UploadError("send multipart/form-data with the list in the 'file' field",
                           field="Content-Type")
@@ -277,6 +298,8 @@ async def post_dnc(request: web.Request) -> web.StreamResponse:
         return error_response(413, "the file is too large", field="file")
     except UploadError as exc:
         return _upload_error(exc)
+    except ImportFileError as exc:  # the file itself cannot be read (not CSV, a bad XLSX)
+        return _upload_error(UploadError(exc.reason))
     finally:
         if path is not None:
             with contextlib.suppress(OSError):

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.events import EventResult, EventService
+from gateway.events import EVENT_ID_RE, EventResult, EventService
 from gateway.http.auth import API_KEY, requires_scope
 from gateway.http.schemas import decode_json_object, error_response, json_type
 from gateway.intake import IntakeError
@@ -125,7 +125,9 @@ async def post_event(request: web.Request) -> web.Response:
 async def get_event(request: web.Request) -> web.Response:
     """An event with its message id and the message's status."""
     event_id = request.match_info["event_id"]
-    row = await request.app[EVENT_SERVICE].get(event_id)
+    # An id that could never be posted (e.g. with a NUL, which Postgres refuses) is not found.
+    valid = EVENT_ID_RE.fullmatch(event_id) is not None
+    row = await request.app[EVENT_SERVICE].get(event_id) if valid else None
     if row is None:
         return error_response(404, f"no event with id {event_id[:100]!r}", field="event_id")
     return web.json_response(event_detail(row))

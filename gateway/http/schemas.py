@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.domain import MessageClass
 from gateway.intake import IntakeError, SendRequest
@@ -73,6 +74,26 @@ def error_response(status: int, reason: str, *, field: str | None = None,
 
 # --- request parsing ------------------------------------------------------------------------
 
+#: What aiohttp's multipart reader raises on a body that is not well-formed multipart: no
+#: boundary (KeyError), no first boundary or a truncated part (ValueError), a bad part header
+#: (HttpProcessingError), an unknown Content-Encoding of a part (RuntimeError).
+MULTIPART_ERRORS: tuple[type[Exception], ...] = (HttpProcessingError, ValueError, KeyError,
+                                                 RuntimeError)
+
+
+def malformed_multipart(exc: Exception) -> IntakeError:
+    """The 400 for a body aiohttp cannot read as multipart/form-data (``MULTIPART_ERRORS``)."""
+    if isinstance(exc, KeyError):
+        detail = "its Content-Type has no boundary"
+    elif isinstance(exc, HttpProcessingError):
+        detail = exc.message
+    else:
+        detail = str(exc)
+    detail = " ".join(detail.split())[:200]
+    return IntakeError("body", f"is not well-formed multipart/form-data ({detail}); send the "
+                               "file as the 'file' field of a form", status=400)
+
+
 
 def decode_json_object(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 IntakeError saying what is wrong with it."""
@@ -88,9 +109,47 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise IntakeError("body", f"is not valid JSON: {exc.msg} at line {exc.lineno} "
                                   f"column {exc.colno}", status=400) from exc
+    except RecursionError:
+        raise IntakeError("body", "is nested too deeply", status=400) from None
     if not isinstance(value, dict):
         raise IntakeError("body", f"must be a JSON object, not {json_type(value)}", status=400)
+    where = _nul_at(value)
+    if where is not None:
+        raise IntakeError(where, "contains the NUL character (\\u0000), which cannot be stored "
+                                 "or sent; remove it")
     return value
+
+
+def _nul_at(value: Any) -> str | None:
+    """Where the first string or object key holding U+0000 is (``data.name``, ``msisdns[2]``),
+    or None. Iterative (the depth is whatever json.loads accepted); a path is only spelled
+    out for the hit."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return _spell(path) or "body"
+        elif isinstance(item, dict):
+            for key in item:
+                if "\x00" in key:
+                    return _spell((*path, key))
+            stack.extend((sub, (*path, key)) for key, sub in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((sub, (*path, i)) for i, sub in reversed(list(enumerate(item))))
+    return None
+
+
+def _spell(path: tuple[Any, ...]) -> str:
+    """``("data", "x", 2)`` → ``data.x[2]`` (a NUL in a key written as ``\\u0000``)."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = part.replace("\x00", "\\u0000")
+            out += f".{name}" if out else name
+    return out
 
 
 def _optional_str(body: Mapping[str, Any], name: str) -> str | None:

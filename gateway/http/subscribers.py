@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from aiohttp import BodyPartReader, web
 
 from gateway.http.auth import API_KEY, requires_scope
-from gateway.http.schemas import error_response
+from gateway.http.schemas import MULTIPART_ERRORS, error_response, malformed_multipart
 from gateway.intake import IntakeError
 from gateway.numbers import InvalidNumber, normalise_msisdn
 from gateway.store.subscribers import Subscriber, SubscriberStore
@@ -93,10 +93,13 @@ async def _receive(request: web.Request, out: BinaryIO, limit: int) -> int:
     """Write the uploaded file to ``out``; its size in bytes."""
     content_type = request.content_type
     if content_type.startswith("multipart/"):
-        reader = await request.multipart()
-        async for part in reader:
-            if isinstance(part, BodyPartReader) and part.name == "file":
-                return await _copy_part(part, out, limit)
+        try:
+            reader = await request.multipart()
+            async for part in reader:
+                if isinstance(part, BodyPartReader) and part.name == "file":
+                    return await _copy_part(part, out, limit)
+        except MULTIPART_ERRORS as exc:
+            raise malformed_multipart(exc) from None
         raise IntakeError("file", "the multipart form has no 'file' field; send the CSV or "
                                   "XLSX as the field named 'file'", status=400)
     if content_type not in RAW_TYPES:
