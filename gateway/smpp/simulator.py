@@ -403,6 +403,7 @@ class SmscSimulator:
         # public counters (reset_counters() zeroes them)
         self.received: collections.Counter[tuple[str, str]] = collections.Counter()
         self.parts_received = self.submits_throttled = self.binds = 0
+        self.unbinds_received = 0  # unbind requests from ESMEs (graceful shutdowns)
         self.receipts_sent = self.receipts_acked = self.receipts_rejected = self.mo_acked = 0
         self.enquire_links_received = 0  # probes from ESMEs that we answered
         self.enquire_links_answered = 0  # our probes that ESMEs answered
@@ -554,6 +555,7 @@ class SmscSimulator:
             "throttled": self.submits_throttled,
             "binds": self.binds,
             "bound": self.bound_connections,
+            "unbinds_received": self.unbinds_received,
             "receipts_sent": self.receipts_sent,
             "receipts_pending": len(self._receipts) + len(self._undelivered),
             "mo_acked": self.mo_acked,
@@ -814,6 +816,7 @@ class SmscSimulator:
             elif command.startswith("bind_"):
                 self._on_bind(conn, event, now)
             elif command == "unbind":
+                self.unbinds_received += 1
                 conn.pending.append(conn.session.send(
                     Reply(command="unbind_resp", sequence=event.sequence), now=now))
                 conn.closing = True
