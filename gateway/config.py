@@ -356,7 +356,9 @@ class CampaignsConfig:
     job_size: int = 200  # message ids per arq send job
     # messages released (queued) ahead of the links: this many seconds at the links' TPS
     lookahead_s: float = 3.0
-    min_release: int = 200  # ... but at least this many
+    # ... but at least this many: a link without a TPS (tps = 0) counts 100/s here, which
+    # would cap a campaign near 2 × min_release per second (one top-up per tick_s = 0.5)
+    min_release: int = 2000
     tick_s: float = 0.5  # how often the runner looks at running and scheduled campaigns
     report_masked: bool = True  # report.csv masks numbers unless asked otherwise
     samples: int = 5  # rendered samples kept for preview
