@@ -335,18 +335,19 @@ WITH locked AS (
 SELECT count(*) FROM upd
 """
 
-# Waiting (queued or held) advertising of one number → cancelled (locked in id order,
-# re-checked once locked: one claimed meanwhile is submitting and stays out; the check right
-# before submit catches it). Uses messages_pending_advertising_idx.
+# Queued advertising of one number → cancelled (locked in id order, re-checked once locked:
+# one claimed meanwhile is submitting and stays out). Held ones (a campaign's, or deferred)
+# are cancelled by the consent check right before their submit. Uses
+# messages_queued_advertising_idx.
 _CANCEL_PENDING_ADVERTISING = """
 WITH locked AS (
     SELECT id FROM messages
-    WHERE msisdn = $1 AND class = 'advertising' AND status IN ('queued', 'held')
+    WHERE msisdn = $1 AND class = 'advertising' AND status = 'queued'
     ORDER BY id FOR UPDATE
 ), upd AS (
     UPDATE messages m SET status = 'cancelled', done_at = now(), updated_at = now()
     FROM locked
-    WHERE m.id = locked.id AND m.status IN ('queued', 'held')
+    WHERE m.id = locked.id AND m.status = 'queued'
     RETURNING m.id
 ), ev AS (
     INSERT INTO message_events (message_id, status, detail)
