@@ -97,7 +97,7 @@ async def make_multi(fresh_pg_dsn: str, redis_dsn: str) -> AsyncIterator[MakeMul
         await gw.start()
         assert gw.pool is not None
         _, key = await ApiKeyStore(gw.pool).create(f"t-{uuid.uuid4().hex[:8]}",
-                                                   ("messages:send",))
+                                                   ("messages:send",), rate_per_s=0)
         http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"})
         multi = Multi(gw, simulators, http, f"http://127.0.0.1:{gw.http_port}")
         made.append(multi)
