@@ -51,8 +51,11 @@ _NUMBERS = struct.Struct(">iiiiiq")
 _KEY_VERSION = b"smsgw-mo-dedupe-v1"
 
 # Errors of the database (or of reaching it) that make an MO "not stored, try again later".
+# InternalClientError: what asyncpg raises when the server closed a pooled connection in the
+# middle of a query (a Postgres restart) and resetting it for the pool fails.
 _DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError,
+    asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+    TimeoutError,
 )
 
 

@@ -24,6 +24,7 @@ acknowledged only once the receipt is in Postgres. MO messages go to the MO hand
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -126,7 +127,11 @@ class Sender:
         # advertising/broadcast may hold only part of it: care messages always find room
         self._bulk_floor = self.capacity - max(1, int(self.capacity * sending.bulk_capacity_share))
         self._free = self.capacity
-        self._freed = asyncio.Condition()
+        # claims waiting for capacity, first come first served, care before bulk; a release
+        # wakes only the waiters it can serve (waking all of them costs O(waiters) per
+        # message, which with a backlog of thousands is most of the process's CPU)
+        self._waiting: dict[bool, collections.deque[tuple[int, asyncio.Future[None]]]] = {
+            False: collections.deque(), True: collections.deque()}
 
     def set_mo_handler(self, handler: MoHandler | None) -> None:
         self._on_mo = handler
@@ -142,12 +147,16 @@ class Sender:
         chunk = max(1, min(self.capacity - self._bulk_floor, self.capacity // 2))
         for i in range(0, len(ids), chunk):
             part = ids[i:i + chunk]
-            await self._acquire(len(part), keep=self._bulk_floor if bulk else 0)
-            claimed = await self._store.claim(part)
-            if claimed and self._gate is not None:
-                await self._gate.confirm({r.campaign_id for r in claimed if r.campaign_id})
-            if claimed and self._guard is not None:
-                claimed = await self._screen(claimed)
+            await self._acquire(len(part), bulk=bulk)
+            try:
+                claimed = await self._store.claim(part)
+                if claimed and self._gate is not None:
+                    await self._gate.confirm({r.campaign_id for r in claimed if r.campaign_id})
+                if claimed and self._guard is not None:
+                    claimed = await self._screen(claimed)
+            except BaseException:  # Postgres down, job cancelled: this chunk holds no slot
+                await self._release(len(part))
+                raise
             await self._release(len(part) - len(claimed))
             claimed_total += len(claimed)
             tasks.extend(asyncio.create_task(self._send_and_release(rec)) for rec in claimed)
@@ -172,16 +181,39 @@ class Sender:
         return (rec.campaign_id is not None and self._gate is not None
                 and not self._gate.is_running(rec.campaign_id))
 
-    async def _acquire(self, n: int, *, keep: int = 0) -> None:
-        async with self._freed:
-            await self._freed.wait_for(lambda: self._free - n >= keep)
+    async def _acquire(self, n: int, *, bulk: bool = False) -> None:
+        """Take ``n`` slots of capacity; bulk claims leave ``_bulk_floor`` free for care."""
+        keep = self._bulk_floor if bulk else 0
+        if not self._waiting[False] and not (bulk and self._waiting[True]) \
+                and self._free - n >= keep:
             self._free -= n
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, fut)
+        self._waiting[bulk].append(entry)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                await self._release(n)  # granted, then cancelled: give it back
+            elif entry in self._waiting[bulk]:
+                self._waiting[bulk].remove(entry)
+            raise
 
     async def _release(self, n: int) -> None:
-        if n:
-            async with self._freed:
-                self._free += n
-                self._freed.notify_all()
+        self._free += n
+        for bulk, keep in ((False, 0), (True, self._bulk_floor)):
+            waiting = self._waiting[bulk]
+            while waiting:
+                need, fut = waiting[0]
+                if not fut.done():  # (done: its claim was cancelled while waiting)
+                    if self._free - need < keep:
+                        break
+                    self._free -= need
+                    fut.set_result(None)
+                waiting.popleft()
+            if waiting and not bulk:
+                return  # care claims still wait: bulk ones wait behind them
 
     async def _send_and_release(self, rec: MessageRecord) -> None:
         try:

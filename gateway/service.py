@@ -304,7 +304,14 @@ class Gateway:
             return
         task = asyncio.create_task(self.sender.send_ids([message_id]))
         self._fast_tasks.add(task)
-        task.add_done_callback(self._fast_tasks.discard)
+        task.add_done_callback(self._fast_done)
+
+    def _fast_done(self, task: asyncio.Task[int]) -> None:
+        self._fast_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # e.g. Postgres down: the arq job enqueued beside it (or the sweeper) sends it
+            log.warning("fast lane: %s; the queued job will send the message",
+                        type(task.exception()).__name__)
 
     def _deliver_handler(self, link: SmppConfig) -> DeliverHandler:
         async def handle(pdu: Pdu) -> int:
