@@ -8,8 +8,9 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import PROJECT_ROOT
 from gateway.cli_dnc import add_parser as add_dnc_parser
@@ -17,6 +18,9 @@ from gateway.cli_retention import add_parser as add_retention_parser
 from gateway.cli_subscribers import add_parser as add_subscribers_parser
 from gateway.config import Config, ConfigError, load_config
 from gateway.logsetup import configure_logging
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = logging.getLogger("smsgw.cli")
 
@@ -37,6 +41,25 @@ async def _migrate(cfg: Config) -> list[str]:
         return await migrate_dsn(cfg.database.dsn, PROJECT_ROOT / "sql")
     except PG_ERRORS as exc:
         raise postgres_down(cfg.database.dsn, exc) from exc
+
+
+@contextlib.asynccontextmanager
+async def migrated_pool(cfg: Config) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on the migrated database, for the one-shot commands (imports, purges)."""
+    import asyncpg
+
+    from gateway.service import PG_ERRORS, postgres_down
+
+    await _migrate(cfg)
+    try:
+        pool = await asyncpg.create_pool(cfg.database.dsn, min_size=1, max_size=2)
+    except PG_ERRORS as exc:
+        raise postgres_down(cfg.database.dsn, exc) from exc
+    assert pool is not None
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

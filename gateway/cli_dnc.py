@@ -25,32 +25,22 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 async def _import(args: argparse.Namespace) -> int:
-    import asyncpg
-
     from gateway.campaign_ingest import UploadError
-    from gateway.cli import _migrate
+    from gateway.cli import migrated_pool
     from gateway.config import load_config
     from gateway.dnc_import import import_dnc
-    from gateway.service import PG_ERRORS, postgres_down
     from gateway.store.consent import ConsentStore, DncChannels
 
     cfg = load_config(args.config)
-    await _migrate(cfg)
-    try:
-        pool = await asyncpg.create_pool(cfg.database.dsn, min_size=1, max_size=2)
-    except PG_ERRORS as exc:
-        raise postgres_down(cfg.database.dsn, exc) from exc
-    assert pool is not None
-    try:
-        report = await import_dnc(args.file, ConsentStore(pool),
-                                  source=args.source or args.file.name,
-                                  channels=DncChannels(args.channels))
-    except UploadError as exc:
-        print(f"smsgw dnc import: {args.file}: {exc.reason}; nothing was imported",
-              file=sys.stderr)
-        return 1
-    finally:
-        await pool.close()
+    async with migrated_pool(cfg) as pool:
+        try:
+            report = await import_dnc(args.file, ConsentStore(pool),
+                                      source=args.source or args.file.name,
+                                      channels=DncChannels(args.channels))
+        except UploadError as exc:
+            print(f"smsgw dnc import: {args.file}: {exc.reason}; nothing was imported",
+                  file=sys.stderr)
+            return 1
     print(f"{args.file.name}: {report['rows']} rows; {report['accepted']} numbers on the "
           f"Do-Not-Call list ({report['channels']}, source {report['source']!r}); "
           f"{report['rejected']} rejected")

@@ -40,9 +40,9 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
 async def _purge(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from gateway.cli import _migrate
+    from gateway.cli import migrated_pool
     from gateway.config import load_config
-    from gateway.service import PG_ERRORS, postgres_down
+    from gateway.service import postgres_down
     from gateway.store.retention import RetentionStore
 
     cfg = load_config(args.config)
@@ -52,18 +52,11 @@ async def _purge(args: argparse.Namespace) -> int:
         print("retention.body_days is 0 (keep for ever): nothing purged; "
               "pass --days N to purge anyway")
         return 0
-    await _migrate(cfg)
-    try:
-        pool = await asyncpg.create_pool(cfg.database.dsn, min_size=1, max_size=2)
-    except PG_ERRORS as exc:
-        raise postgres_down(cfg.database.dsn, exc) from exc
-    assert pool is not None
-    try:
-        result = await RetentionStore(pool).purge(days, args.batch)
-    except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:  # lost it midway
-        raise postgres_down(cfg.database.dsn, exc) from exc
-    finally:
-        await pool.close()
+    async with migrated_pool(cfg) as pool:
+        try:
+            result = await RetentionStore(pool).purge(days, args.batch)
+        except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:  # lost it midway
+            raise postgres_down(cfg.database.dsn, exc) from exc
     bodies = "message body" if result.messages == 1 else "message bodies"
     texts = "MO text" if result.inbound == 1 else "MO texts"
     print(f"older than {days} days: blanked {result.messages} {bodies} and "

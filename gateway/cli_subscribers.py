@@ -50,31 +50,21 @@ def print_report(report: ImportReport, limit: int, file: Path) -> None:
 
 
 async def _import(args: argparse.Namespace) -> int:
-    import asyncpg
-
-    from gateway.cli import _migrate
+    from gateway.cli import migrated_pool
     from gateway.config import load_config
-    from gateway.service import PG_ERRORS, postgres_down
     from gateway.store.subscribers import SubscriberStore
     from gateway.subscribers_import import import_file
 
     cfg = load_config(args.config)
-    await _migrate(cfg)
-    try:
-        pool = await asyncpg.create_pool(cfg.database.dsn, min_size=1, max_size=2)
-    except PG_ERRORS as exc:
-        raise postgres_down(cfg.database.dsn, exc) from exc
-    assert pool is not None
-    try:
-        report = await import_file(args.file, SubscriberStore(pool),
-                                   region=cfg.sending.region,
-                                   max_errors=max(args.limit_errors, 0))
-    except ImportFileError as exc:
-        print(f"smsgw subscribers import: {args.file}: {exc.reason}; nothing was imported",
-              file=sys.stderr)
-        return 1
-    finally:
-        await pool.close()
+    async with migrated_pool(cfg) as pool:
+        try:
+            report = await import_file(args.file, SubscriberStore(pool),
+                                       region=cfg.sending.region,
+                                       max_errors=max(args.limit_errors, 0))
+        except ImportFileError as exc:
+            print(f"smsgw subscribers import: {args.file}: {exc.reason}; nothing was imported",
+                  file=sys.stderr)
+            return 1
     print_report(report, args.limit_errors, args.file)
     return 0
 
