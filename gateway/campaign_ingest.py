@@ -85,6 +85,7 @@ class RowSpec:
     mapping: Mapping[str, str] = field(default_factory=dict)  # variable → column header
     encoding: str = "utf-8"  # of a CSV file: utf-8 or cp1258
     samples: int = 5
+    needs: frozenset[str] = frozenset()  # variables the message needs from the columns
 
 
 @dataclass
@@ -240,6 +241,12 @@ def _header(cells: Sequence[object], spec: RowSpec, line: int
             raise UploadError(f"mapping: column {column!r} (for {var!r}) is not in the header "
                               f"(columns found: {found})", field="mapping")
         variables.append((var, seen[key]))
+    missing = sorted(spec.needs - {var for var, _ in variables})
+    if missing:
+        names_ = ", ".join(f"{{{{ {m} }}}}" for m in missing)
+        raise UploadError(f"the message uses {names_} but the file has no such column "
+                          f"(line {line}; columns found: {found}); add the column, or map one "
+                          'to it with mapping {"variable": "column"}', field="file")
     return number_col, variables
 
 

@@ -189,7 +189,9 @@ class CampaignService:
                        khong_dau=form.khong_dau, api_key_id=api_key_id,
                        region=self._sending.region, msisdn_column=form.msisdn_column,
                        mapping=form.mapping, encoding=form.encoding,
-                       samples=self._campaigns.samples)
+                       samples=self._campaigns.samples,
+                       needs=self._renderer.row_variables(name=form.template, source=form.text)
+                       or frozenset())
         parser = await open_upload(path, spec)
         source = form.text if form.text is not None else f"{{% include {form.template!r} %}}"
         new = NewCampaign(id=cid, name=form.name.strip(), message_class=form.message_class.value,

@@ -422,6 +422,24 @@ class TemplateRenderer:
             return fast
         return lambda data: _run(template, name, data)
 
+    def row_variables(self, *, name: str | None = None, source: str | None = None
+                      ) -> frozenset[str] | None:
+        """The data variables a simple template (see :meth:`row_function`) needs, so that a
+        list missing one of those columns is refused at its header; None for any other
+        template (its conditions may make a variable optional)."""
+        if name is not None:
+            self._require(name)
+            source = (self._dir / (name + TEMPLATE_SUFFIX)).read_text(encoding="utf-8")
+        if source is None:
+            raise ValueError("give a template name or a source")
+        try:
+            pieces = _fast_pieces(self._env, self._env.parse(source))
+        except jinja2.TemplateSyntaxError as exc:
+            raise _syntax_error(exc, name) from None
+        if pieces is None:
+            return None
+        return frozenset(var for _, var, _ in pieces if var and var not in self._env.globals)
+
     # ---- discovery
 
     def names(self) -> list[str]:

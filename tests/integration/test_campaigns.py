@@ -177,6 +177,7 @@ async def test_bad_files_answered_clearly_and_nothing_created(make_stack: MakeSt
         ("so_dien_thoai,ho_ten\n0901234567,Nguy\xean\n".encode("latin-1"), "cp1258"),
         (b"so_dien_thoai,ho_ten\n", "no rows below its header"),
         (b"so_dien_thoai,ho_ten\nabc,An\n12,Binh\n", "none of its 2 row(s)"),
+        (b"so_dien_thoai,ten\n0912345678,An\n", "uses {{ ho_ten }} but the file has no"),
     ]
     for content, needle in cases:
         body = await api.upload(content, expect=422)
@@ -304,3 +305,15 @@ async def test_xlsx_upload(make_stack: MakeStack, fmt: str, tmp_path: Path) -> N
     assert view["upload"]["accepted"] == 2
     assert sorted(s["text"] for s in view["samples"]) == ["Lê Bình: 2.000đ",
                                                             "Trần An: 150.000đ"]
+
+
+async def test_mapping_and_number_column_by_name(make_stack: MakeStack) -> None:
+    api = await make_api(make_stack)
+    content = "Mã KH,Điện thoại liên hệ,Tên\nK1,0912 345 678,Hà\n".encode()
+    body = await api.upload(content, text="Chào {{ khach }}", expect=422)
+    assert "no phone number column" in body["error"]["reason"]
+    view = await api.upload(content, text="Chào {{ khach }}",
+                            msisdn_column="Điện thoại liên hệ",
+                            mapping='{"khach": "Tên"}')
+    assert view["upload"]["accepted"] == 1
+    assert view["samples"][0]["text"] == "Chào Hà"
