@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
@@ -130,6 +131,12 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     return error_response(exc.status, reason, headers=headers)
 
 
+#: Errors that mean Postgres cannot be reached right now (restart, network): 503, not 500.
+DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    ConnectionError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError, asyncpg.ConnectionDoesNotExistError, asyncpg.InternalClientError)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = uuid.uuid4().hex
@@ -147,6 +154,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = exc.code if 400 <= exc.code < 500 else 400
         detail = " ".join(exc.message.split())[:200] or "the body cannot be read"
         response = error_response(status, f"malformed request: {detail}")
+    except DATABASE_DOWN as exc:
+        log.warning("request %s (%s %s): Postgres unavailable (%s)", request_id,
+                    request.method, request.path, type(exc).__name__)
+        response = error_response(
+            503, "the message store (Postgres) is unavailable; the request may not have been "
+                 "recorded: retry it (with the same idempotency key) in a few seconds",
+            request_id=request_id, headers={"Retry-After": "5"})
     except Exception:
         log.exception("request %s (%s %s) failed", request_id, request.method, request.path)
         response = error_response(500, INTERNAL_ERROR_REASON, request_id=request_id)

@@ -283,6 +283,12 @@ async def test_postgres_then_redis_restart_under_traffic(
         await asyncio.sleep(1.5)  # intake, claims, ledger writes and the sweeper all fail
         status, body = await health(http, base)
         assert status == 503 and body["postgres"] is False
+        async with http.post(f"{base}/v1/messages",
+                             json={"to": to(9999), "text": "while Postgres is down"}) as resp:
+            refused = await resp.json()
+            assert resp.status == 503, refused  # not a bare 500
+            assert "Postgres" in refused["error"]["reason"]
+            assert resp.headers["Retry-After"] == "5"
         postgres.start()
         body = await wait_health(http, base, ok=True, timeout=30)
         assert body["postgres"] is True
