@@ -31,9 +31,12 @@ from gateway.domain import MessageClass
 from gateway.http.auth import API_KEY, requires_scope
 from gateway.http.schemas import (
     MULTIPART_ERRORS,
+    UploadTooLarge,
+    copy_limited,
     error_body,
     error_response,
     malformed_multipart,
+    part_chunks,
 )
 from gateway.store.consent import ConsentStore, DncChannels
 from gateway.subscribers_import import ImportFileError
@@ -69,20 +72,6 @@ def setup(app: web.Application, *, service: CampaignService, consent: ConsentSto
     for action in ("approve", "start", "pause", "resume", "cancel"):
         app.router.add_post(f"/v1/campaigns/{{id}}/{action}", _ACTIONS[action])
     app.router.add_post("/v1/dnc/import", post_dnc)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _save(part: BodyPartReader, fd: int, limit: int) -> None:
-    size = 0
-    with os.fdopen(fd, "wb") as out:
-        while chunk := await part.read_chunk(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise _TooLarge
-            out.write(chunk)
 
 
 async def _read_form(request: web.Request, limit: int
@@ -123,7 +112,8 @@ async def _read_parts(request: web.Request, limit: int
                 fd, tmp = tempfile.mkstemp(prefix="smsgw-upload-")
                 path = Path(tmp)
                 name = part.filename or ""
-                await _save(part, fd, limit)
+                with os.fdopen(fd, "wb") as out:
+                    await copy_limited(part_chunks(part, _CHUNK), out, limit)
             elif part.name in _TEXT_FIELDS:
                 fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
             else:
@@ -193,7 +183,7 @@ async def post_campaign(request: web.Request) -> web.StreamResponse:
         fields, path, file_name = await _read_form(request, api.max_upload_bytes)
         form = _form(fields, api, file_name)
         view = await api.service.upload(path, form, api_key_id=key.id)
-    except _TooLarge:
+    except UploadTooLarge:
         return error_response(413, f"the file is larger than {api.max_upload_bytes // 2**20} "
                                    "MB (campaigns.max_upload_mb); split it", field="file")
     except UploadError as exc:
@@ -294,7 +284,7 @@ async def post_dnc(request: web.Request) -> web.StreamResponse:
             raise UploadError("channels must be all, sms or voice", field="channels") from None
         report = await import_dnc(path, api.consent, source=(fields.get("source") or "").strip()
                                   or file_name or "upload", channels=channels)
-    except _TooLarge:
+    except UploadTooLarge:
         return error_response(413, "the file is too large", field="file")
     except UploadError as exc:
         return _upload_error(exc)

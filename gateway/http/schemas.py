@@ -9,12 +9,12 @@ values are 422 (the client sent the wrong content).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 from uuid import UUID
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.domain import MessageClass
@@ -79,6 +79,27 @@ def error_response(status: int, reason: str, *, field: str | None = None,
 #: (HttpProcessingError), an unknown Content-Encoding of a part (RuntimeError).
 MULTIPART_ERRORS: tuple[type[Exception], ...] = (HttpProcessingError, ValueError, KeyError,
                                                  RuntimeError)
+
+
+class UploadTooLarge(Exception):
+    """An uploaded file went over the size limit (the handler answers 413)."""
+
+
+async def copy_limited(chunks: AsyncIterator[bytes], out: BinaryIO, limit: int) -> int:
+    """Write ``chunks`` to ``out``; UploadTooLarge past ``limit`` bytes. Returns the size."""
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise UploadTooLarge
+        out.write(chunk)
+    return size
+
+
+async def part_chunks(part: BodyPartReader, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    """A multipart part's body, chunk by chunk."""
+    while chunk := await part.read_chunk(size):
+        yield chunk
 
 
 def malformed_multipart(exc: Exception) -> IntakeError:

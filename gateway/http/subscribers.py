@@ -25,7 +25,14 @@ from typing import Any, BinaryIO
 from aiohttp import BodyPartReader, web
 
 from gateway.http.auth import API_KEY, requires_scope
-from gateway.http.schemas import MULTIPART_ERRORS, error_response, malformed_multipart
+from gateway.http.schemas import (
+    MULTIPART_ERRORS,
+    UploadTooLarge,
+    copy_limited,
+    error_response,
+    malformed_multipart,
+    part_chunks,
+)
 from gateway.intake import IntakeError
 from gateway.numbers import InvalidNumber, normalise_msisdn
 from gateway.store.subscribers import Subscriber, SubscriberStore
@@ -65,30 +72,6 @@ def setup(app: web.Application, *, store: SubscriberStore, region: str = "VN",
 # --- upload ---------------------------------------------------------------------------------
 
 
-class _TooLarge(Exception):
-    pass
-
-
-async def _copy_part(part: BodyPartReader, out: BinaryIO, limit: int) -> int:
-    size = 0
-    while chunk := await part.read_chunk(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        out.write(chunk)
-    return size
-
-
-async def _copy_body(request: web.Request, out: BinaryIO, limit: int) -> int:
-    size = 0
-    async for chunk in request.content.iter_chunked(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        out.write(chunk)
-    return size
-
-
 async def _receive(request: web.Request, out: BinaryIO, limit: int) -> int:
     """Write the uploaded file to ``out``; its size in bytes."""
     content_type = request.content_type
@@ -97,7 +80,7 @@ async def _receive(request: web.Request, out: BinaryIO, limit: int) -> int:
             reader = await request.multipart()
             async for part in reader:
                 if isinstance(part, BodyPartReader) and part.name == "file":
-                    return await _copy_part(part, out, limit)
+                    return await copy_limited(part_chunks(part, _CHUNK), out, limit)
         except MULTIPART_ERRORS as exc:
             raise malformed_multipart(exc) from None
         raise IntakeError("file", "the multipart form has no 'file' field; send the CSV or "
@@ -106,7 +89,7 @@ async def _receive(request: web.Request, out: BinaryIO, limit: int) -> int:
         raise IntakeError("Content-Type", f"{content_type!r} is not a subscriber file; send "
                           f"text/csv, {XLSX_MIME} or multipart/form-data with a 'file' field",
                           status=415)
-    return await _copy_body(request, out, limit)
+    return await copy_limited(request.content.iter_chunked(_CHUNK), out, limit)
 
 
 @requires_scope(SCOPE_SUBSCRIBERS)
@@ -122,7 +105,7 @@ async def post_import(request: web.Request) -> web.Response:
             return error_response(422, "the file is empty; send the CSV or XLSX as the body",
                                   field="file")
         report = await import_file(path, api.store, region=api.region)
-    except _TooLarge:
+    except UploadTooLarge:
         return error_response(413, f"the file is over {api.max_upload_bytes} bytes; split it",
                               field="file")
     except ImportFileError as exc:
