@@ -16,13 +16,12 @@ A file that cannot be used at all raises :class:`UploadError` before anything is
 from __future__ import annotations
 
 import asyncio
-import codecs
 import csv
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -44,6 +43,7 @@ from gateway.subscribers_import import (
     _shown,
     _text,
     _xlsx_rows,
+    check_text,
     detect_format,
     header_key,
     parse_msisdn,
@@ -97,23 +97,10 @@ class _State:
     samples: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _check_csv_text(path: Path, encoding: str) -> None:
-    """UploadError naming the first line the encoding cannot read (or holding a NUL)."""
-    decoder = codecs.getincrementaldecoder(encoding)()
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            try:
-                decoder.decode(raw)
-            except UnicodeDecodeError as exc:
-                byte = raw[exc.start:exc.start + 1].hex()
-                hint = ("; if it is Vietnamese from an old Windows program, send "
-                        "encoding=cp1258" if encoding.replace("-", "") == "utf8" else "")
-                raise UploadError(
-                    f"the file is not {encoding} (byte 0x{byte} on line {number}, probably a "
-                    f"Windows code page such as Windows-1258); {_SAVE_AS}{hint}") from None
-            if b"\x00" in raw:
-                raise UploadError(f"line {number} holds a NUL byte: this is not a CSV text "
-                                  f"file; {_SAVE_AS}")
+#: Encodings a CSV upload may be in (Excel's "CSV UTF-8", or old Vietnamese Windows text).
+CSV_ENCODINGS = {"utf-8": "utf-8-sig", "utf8": "utf-8-sig", "cp1258": "cp1258",
+                 "windows-1258": "cp1258"}
+_CP1258_HINT = "; if it is Vietnamese from an old Windows program, send encoding=cp1258"
 
 
 def table_rows(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, Sequence[object]]]:
@@ -123,28 +110,15 @@ def table_rows(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, Seque
         raise UploadError(exc.reason) from None
     if fmt == "xlsx":
         return _xlsx_rows(path)
+    codec = CSV_ENCODINGS.get(encoding.strip().lower())
+    if codec is None:
+        raise UploadError(f"unknown encoding {encoding[:40]!r}; use utf-8 or cp1258",
+                          field="encoding")
     try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise UploadError(f"unknown encoding {encoding!r}; use utf-8 or cp1258",
-                          field="encoding") from None
-    _check_csv_text(path, encoding)
-    if encoding.replace("-", "").lower() == "utf8":
-        return _csv_rows(path)
-    return _decoded_csv_rows(path, encoding)
-
-
-def _decoded_csv_rows(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
-    with path.open("r", encoding=encoding, newline="") as fh:
-        first = fh.readline()
-        fh.seek(0)
-        counts = {d: first.count(d) for d in (",", ";", "\t")}
-        delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
-        reader = csv.reader(fh, delimiter=delimiter)
-        done = 0
-        for record in reader:
-            yield done + 1, record
-            done = reader.line_num
+        check_text(path, codec, hint=_CP1258_HINT if codec == "utf-8-sig" else "")
+    except ImportFileError as exc:
+        raise UploadError(exc.reason) from None
+    return _csv_rows(path, codec)
 
 
 def fast_msisdn(raw: object) -> str | None:
@@ -408,4 +382,9 @@ def parse_schedule(value: str, tz: Any) -> datetime | None:
     except ValueError:
         raise UploadError(f"schedule_at {value!r} is not an ISO 8601 time "
                           "(e.g. 2026-12-01T09:00)", field="schedule_at") from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=tz)
+    when = when if when.tzinfo is not None else when.replace(tzinfo=tz)
+    try:
+        when.astimezone(UTC)
+    except OverflowError:
+        raise UploadError(f"schedule_at {value!r} is out of range", field="schedule_at") from None
+    return when

@@ -468,17 +468,20 @@ def detect_format(path: Path) -> FileFormat:
     return "csv"
 
 
-def _check_utf8(path: Path) -> None:
-    """:class:`ImportFileError` naming the first line that is not UTF-8 (or holds a NUL)."""
+def check_text(path: Path, encoding: str = "utf-8", *, hint: str = "") -> None:
+    """:class:`ImportFileError` naming the first line ``encoding`` cannot read (or that holds
+    a NUL); ``hint`` is added to the reason."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    shown = "UTF-8" if encoding.replace("-", "").lower().startswith("utf8") else encoding
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
             try:
-                raw.decode("utf-8")
+                decoder.decode(raw)
             except UnicodeDecodeError as exc:
                 byte = raw[exc.start : exc.start + 1].hex()
                 raise ImportFileError(
-                    f"the file is not UTF-8 (byte 0x{byte} on line {number}, probably a "
-                    f"Windows code page); save it as CSV UTF-8 ({_SAVE_AS})") from None
+                    f"the file is not {shown} (byte 0x{byte} on line {number}, probably a "
+                    f"Windows code page); save it as CSV UTF-8 ({_SAVE_AS}){hint}") from None
             if b"\x00" in raw:
                 raise ImportFileError(f"line {number} holds a NUL byte: this is not a CSV "
                                       f"text file; {_SAVE_AS}")
@@ -491,8 +494,8 @@ def _delimiter(first_line: str) -> str:
     return best if counts[best] > 0 else ","
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
+def _csv_rows(path: Path, encoding: str = "utf-8-sig") -> Iterator[tuple[int, list[str]]]:
+    with path.open("r", encoding=encoding, newline="") as fh:
         first = fh.readline()
         while first and not first.strip():
             first = fh.readline()
@@ -598,7 +601,7 @@ def open_rows(path: str | Path, *, region: str = "VN") -> RowsFile:
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "csv":
-        _check_utf8(path)
+        check_text(path)
     return RowsFile(path, fmt, region=region)
 
 

@@ -197,6 +197,10 @@ async def test_bom_semicolons_cp1258_and_bad_numbers(make_stack: MakeStack) -> N
     cp = to_cp1258("so_dien_thoai,ho_ten\n0912345678,Nguyễn Thị Hà\n")
     body = await api.upload(cp, expect=422)
     assert "encoding=cp1258" in body["error"]["reason"]
+    body = await api.upload(cp, expect=422, encoding="hex")
+    assert body["error"]["field"] == "encoding"
+    body = await api.upload(cp, expect=422, schedule_at="0001-01-01T00:00:00+23:59")
+    assert body["error"]["field"] == "schedule_at"
     view = await api.upload(cp, encoding="cp1258")
     assert view["samples"][0]["text"] == "Chao Nguyễn Thị Hà"
 
