@@ -12,6 +12,8 @@ leak. smpplib quirks handled here, once:
 
 The hot PDUs (submit_sm without TLVs, submit_sm_resp, deliver_sm_resp, enquire_link and their
 decoders) have a hand-written fast path; tests prove it byte-identical to smpplib's output.
+Decoding submit_sm/deliver_sm TLVs (delivery receipts) is hand-written too, for the tags smpplib
+parses plainly; any other tag sends the whole TLV block through smpplib (tests prove the two equal).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from smpplib import command_codes, consts, smpp
+from smpplib import command_codes, consts, ptypes, smpp
 
 HEADER = struct.Struct(">LLLL")
 HEADER_LEN = 16
@@ -179,7 +181,7 @@ _SUBMIT_LAYOUT: tuple[tuple[str, str], ...] = (
 
 
 def _decode_submit(frame: bytes, name: str, cid: int, status: int, seq: int) -> Pdu:
-    """submit_sm / deliver_sm mandatory part; TLVs go through smpplib."""
+    """submit_sm / deliver_sm: mandatory part here, TLVs via :func:`_decode_tlvs`."""
     params: dict[str, Any] = {}
     pos = HEADER_LEN
     try:
@@ -219,7 +221,8 @@ def _check_tlv_stream(frame: bytes, pos: int, name: str, seq: int) -> None:
                            status=consts.SMPP_ESME_RINVPARLEN, sequence=seq, fatal=False)
 
 
-def _decode_tlvs(frame: bytes, pos: int, name: str, seq: int) -> dict[str, Any]:
+def _decode_tlvs_slow(frame: bytes, pos: int, name: str, seq: int) -> dict[str, Any]:
+    """TLVs through smpplib: the reference for :func:`_decode_tlvs` and its fallback."""
     _check_tlv_stream(frame, pos, name, seq)
     obj = smpp.make_pdu(name, client=_SINK, allow_unknown_opt_params=True)
     try:
@@ -238,6 +241,77 @@ def _decode_tlvs(frame: bytes, pos: int, name: str, seq: int) -> dict[str, Any]:
 
 
 _MANDATORY_SUBMIT = frozenset(n for n, _ in _SUBMIT_LAYOUT) | {"sm_length", "short_message"}
+
+#: TLV value kinds of the fast table; ints use their octet count (1, 2 or 4) as the kind.
+_TLV_CSTRING = -1
+_TLV_OCTETS = -2
+_TLV_HEADER = struct.Struct(">HH")
+
+
+def _tlv_table(command: str) -> tuple[dict[int, tuple[str, int]], dict[str, int]]:
+    """tag → (name, kind) and name → output rank, read off smpplib's own metadata.
+
+    Only what smpplib parses plainly is listed: ints of 1/2/4 octets (read with the fixed size,
+    whatever the TLV length says), C-strings (the last octet dropped, NUL or not) and octet
+    strings. Tags that smpplib maps to a name this command lacks (it raises ``KeyError``),
+    ``flag`` TLVs (it does not advance past the value) and unknown tags stay out, so they take
+    the smpplib path. The rank is smpplib's ``params`` order, which orders its output dict.
+    """
+    cls = type(smpp.make_pdu(command, client=_SINK))
+    names: dict[int, str] = {}
+    for tname, tag in consts.OPTIONAL_PARAMS.items():
+        names.setdefault(tag, tname)  # smpplib's get_optional_name takes the first match
+    table: dict[int, tuple[str, int]] = {}
+    for tag, tname in names.items():
+        param = cls.params.get(tname)
+        if param is None or tname in _MANDATORY_SUBMIT:
+            continue
+        size = int(getattr(param, "size", 0))
+        if param.type is int and size in consts.INT_PACK_FORMATS:
+            table[tag] = (tname, size)
+        elif param.type is str:
+            table[tag] = (tname, _TLV_CSTRING)
+        elif param.type is ptypes.ostr:
+            table[tag] = (tname, _TLV_OCTETS)
+    rank = {fname: i for i, fname in enumerate(cls.params)}
+    return table, rank
+
+
+_TLV_TABLES = {command: _tlv_table(command) for command in ("submit_sm", "deliver_sm")}
+
+
+def _decode_tlvs(frame: bytes, pos: int, name: str, seq: int) -> dict[str, Any]:
+    """Hand-decode the TLVs smpplib parses plainly; same dict as :func:`_decode_tlvs_slow`.
+
+    Building an smpplib PDU object costs most of a delivery receipt's decode time. Anything
+    outside the fast table (unknown tag, int TLV whose length is not its size) hands the whole
+    block to smpplib, so odd streams keep smpplib's exact result or error.
+    """
+    _check_tlv_stream(frame, pos, name, seq)
+    table, rank = _TLV_TABLES[name]
+    out: dict[str, Any] = {}
+    start, end = pos, len(frame)
+    while pos < end:
+        tag, length = _TLV_HEADER.unpack_from(frame, pos)
+        pos += 4
+        spec = table.get(tag)
+        if spec is None:
+            return _decode_tlvs_slow(frame, start, name, seq)
+        fname, kind = spec
+        if kind == _TLV_CSTRING:
+            # smpplib drops the last octet unchecked; length 0 gives "" (pos - 1 < pos)
+            out[fname] = frame[pos:pos + length - 1].decode("latin-1")
+        elif kind == _TLV_OCTETS:
+            out[fname] = frame[pos:pos + length]
+        elif kind == length:
+            out[fname] = int.from_bytes(frame[pos:pos + length], "big")
+        else:
+            return _decode_tlvs_slow(frame, start, name, seq)
+        pos += length  # a repeated tag overwrites, as smpplib's setattr does
+    if len(out) > 1:  # smpplib emits its params order, not wire order
+        return {fname: out[fname] for fname in sorted(out, key=rank.__getitem__)}
+    return out
+
 
 _FAST_DECODERS = {
     0x80000004: _decode_id_resp,  # submit_sm_resp

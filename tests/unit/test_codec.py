@@ -5,8 +5,11 @@ from __future__ import annotations
 import random
 import struct
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from smpplib import consts, smpp
 
 from gateway.smpp import codec
@@ -365,6 +368,208 @@ def test_tlv_length_running_past_the_pdu_is_rejected() -> None:
         return
     pytest.fail(f"truncated TLV accepted: message_payload={pdu.params.get('message_payload')!r}"
                 " (TLV length 10, 6 octets present)")
+
+
+# --------------------------------------------------------------------------- TLV fast decoder
+
+CMD_TLVS = ("submit_sm", "deliver_sm")
+#: Tags smpplib does not know: it skips them, we hand the whole block to smpplib.
+UNKNOWN_TAGS = (0x0000, 0x1400, 0x1403, 0x14FF, 0x2150, 0xFFFF)
+#: Tags smpplib knows but cannot take in this command (KeyError) or parses oddly (flag type).
+FOREIGN_TAGS = {
+    "submit_sm": (0x001E, 0x0423, 0x0427, 0x0420, 0x130C),  # receipt TLVs, dpf_result, flag
+    "deliver_sm": (0x0005, 0x000D, 0x0501, 0x0420, 0x130C),  # subunits, ussd_service_op, ...
+}
+#: What receipts and concatenation use: drawn more often than the rest of the table.
+COMMON_TAGS = (0x001E, 0x0427, 0x0423, 0x0204, 0x020C, 0x020E, 0x020F, 0x020A, 0x020B, 0x0424)
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    return struct.pack(">HH", tag, len(value)) + value
+
+
+def _with_tlvs(command: str, tlvs: bytes, *, sequence: int = 7, **params: Any) -> bytes:
+    """A submit_sm/deliver_sm frame with raw TLV bytes appended (command_length fixed up)."""
+    raw = codec.encode(command, sequence=sequence, **params) + tlvs
+    return struct.pack(">L", len(raw)) + raw[4:]
+
+
+def _outcome(raw: bytes) -> Any:
+    """decode() result in a comparable form: typed, ordered params, or the PduError's fields."""
+    try:
+        pdu = codec.decode(raw)
+    except PduError as exc:
+        return ("PduError", exc.status, exc.reason, exc.sequence, exc.fatal)
+    return pdu, [(k, type(v), v) for k, v in pdu.params.items()]
+
+
+def _reference_outcome(raw: bytes) -> Any:
+    """decode() with TLVs through smpplib, as before the fast TLV decoder."""
+    with mock.patch.object(codec, "_decode_tlvs", codec._decode_tlvs_slow):
+        return _outcome(raw)
+
+
+def _fast_outcome(raw: bytes) -> tuple[Any, int]:
+    """decode() as shipped, and how many times it fell back to smpplib for the TLVs."""
+    with mock.patch.object(codec, "_decode_tlvs_slow", wraps=codec._decode_tlvs_slow) as spy:
+        return _outcome(raw), spy.call_count
+
+
+@st.composite
+def _tlv_entry(draw: st.DrawFn, command: str) -> tuple[bytes, bool]:
+    """One TLV and whether the fast decoder can take it without smpplib."""
+    table, _ = codec._TLV_TABLES[command]
+    roll = draw(st.integers(0, 24))  # rare branches off the ends: hypothesis favours those
+    if roll == 7:
+        return _tlv(draw(st.sampled_from(UNKNOWN_TAGS)), draw(st.binary(max_size=8))), False
+    if roll == 17:
+        foreign = draw(st.sampled_from(FOREIGN_TAGS[command]))
+        return _tlv(foreign, draw(st.binary(max_size=4))), False
+    pool = [t for t in COMMON_TAGS if t in table] if roll % 2 else sorted(table)
+    tag = draw(st.sampled_from(pool))
+    _, kind = table[tag]
+    if kind > 0:  # int of `kind` octets
+        if draw(st.integers(0, 11)) == 5:  # wrong length: smpplib reads `kind` octets anyway
+            size = draw(st.integers(0, 5).filter(lambda n: n != kind))
+            return _tlv(tag, draw(st.binary(min_size=size, max_size=size))), False
+        return _tlv(tag, draw(st.integers(0, 256**kind - 1)).to_bytes(kind, "big")), True
+    if kind == codec._TLV_CSTRING:
+        text = draw(st.binary(max_size=70).map(lambda b: b.replace(b"\x00", b"")))
+        shape = draw(st.integers(0, 9))
+        value = {0: b"", 1: text, 2: text + b"\x00" + text + b"\x00"}.get(shape, text + b"\x00")
+        return _tlv(tag, value), True
+    return _tlv(tag, draw(st.binary(max_size=300))), True
+
+
+@st.composite
+def _tlv_frame(draw: st.DrawFn, command: str) -> tuple[bytes, bool]:
+    """A submit_sm/deliver_sm with random TLVs (repeats allowed), rarely a broken tail."""
+    entries = draw(st.lists(_tlv_entry(command), max_size=8))
+    tail = b""
+    broken = draw(st.integers(0, 29))
+    if broken == 11:  # stray octets: not even a TLV header
+        tail = draw(st.binary(min_size=1, max_size=3))
+    elif broken == 19:  # a TLV whose length runs past the PDU end
+        tail = struct.pack(">HH", draw(st.sampled_from(COMMON_TAGS)), 9) + draw(
+            st.binary(max_size=8))
+    raw = _with_tlvs(command, b"".join(e for e, _ in entries) + tail,
+                     sequence=draw(st.integers(1, 0x7FFFFFFF)),
+                     source_addr=draw(st.sampled_from(["447700900123", "ACME", ""])),
+                     destination_addr="4477", esm_class=draw(st.sampled_from([0, 0x04])),
+                     short_message=draw(st.binary(max_size=40)))
+    return raw, all(plain for _, plain in entries) and not tail
+
+
+@pytest.mark.parametrize("command", CMD_TLVS)
+@settings(max_examples=400, deadline=None, database=None)
+@given(data=st.data())
+def test_tlv_fast_decode_equals_smpplib(command: str, data: st.DataObject) -> None:
+    """Random TLV streams: the fast decoder gives exactly smpplib's params (or its PduError)."""
+    raw, plain = data.draw(_tlv_frame(command))
+    fast, fallbacks = _fast_outcome(raw)
+    assert fast == _reference_outcome(raw)
+    if plain:  # only table tags with sane lengths: smpplib must not have been needed
+        assert fallbacks == 0
+
+
+def test_fast_tlv_table_covers_receipt_and_concatenation_tags() -> None:
+    table, _ = codec._TLV_TABLES["deliver_sm"]
+    cstr, octets = codec._TLV_CSTRING, codec._TLV_OCTETS
+    assert table[0x001E] == ("receipted_message_id", cstr)
+    assert table[0x0427] == ("message_state", 1)
+    assert table[0x0423] == ("network_error_code", octets)  # 3 octets, smpplib: ostr
+    assert table[0x0424] == ("message_payload", octets)
+    for command in CMD_TLVS:
+        table, _ = codec._TLV_TABLES[command]
+        assert table[0x0204] == ("user_message_reference", 2)
+        assert table[0x020A] == ("source_port", 2)
+        assert table[0x020B] == ("destination_port", 2)
+        assert table[0x020C] == ("sar_msg_ref_num", 2)
+        assert table[0x020E] == ("sar_total_segments", 1)
+        assert table[0x020F] == ("sar_segment_seqnum", 1)
+        assert table[0x0424] == ("message_payload", octets)
+        assert not set(table) & set(UNKNOWN_TAGS)
+        assert not set(table) & set(FOREIGN_TAGS[command])
+    assert not set(UNKNOWN_TAGS) & set(consts.OPTIONAL_PARAMS.values())
+
+
+def test_receipt_deliver_sm_tlvs_fast_path() -> None:
+    """A Jasmin-style delivery receipt: receipted_message_id, message_state, network_error_code."""
+    mid = "1f4e9a7c-3b2d-4c8e-9f10-2a6b7c8d9e0f"
+    sm = (f"id:{mid} sub:001 dlvrd:001 submit date:2405131200 done date:2405131201 "
+          "stat:DELIVRD err:000 text:Hello").encode()
+    tlvs = (_tlv(0x001E, mid.encode() + b"\x00") + _tlv(0x0427, b"\x02")
+            + _tlv(0x0423, b"\x03\x00\x00"))
+    raw = _with_tlvs("deliver_sm", tlvs, sequence=77, source_addr="84901234567",
+                     source_addr_ton=1, source_addr_npi=1, destination_addr="ACME",
+                     esm_class=0x04, short_message=sm)
+    (pdu, items), fallbacks = _fast_outcome(raw)
+    assert fallbacks == 0
+    assert (pdu, items) == _reference_outcome(raw)
+    assert items[-3:] == [("network_error_code", bytes, b"\x03\x00\x00"),
+                          ("message_state", int, 2), ("receipted_message_id", str, mid)]
+    assert pdu.params["short_message"] == sm and pdu.params["esm_class"] == 0x04
+    assert pdu.sequence == 77 and pdu.command == "deliver_sm"
+
+
+def test_repeated_tlv_last_one_wins_in_smpplib_order() -> None:
+    tlvs = (_tlv(0x001E, b"first\x00") + _tlv(0x0427, b"\x01") + _tlv(0x001E, b"second\x00")
+            + _tlv(0x0427, b"\x05") + _tlv(0x0204, b"\x12\x34"))
+    raw = _with_tlvs("deliver_sm", tlvs)
+    (pdu, items), fallbacks = _fast_outcome(raw)
+    assert fallbacks == 0
+    assert (pdu, items) == _reference_outcome(raw)
+    assert [k for k, _, _ in items[-3:]] == [
+        "user_message_reference", "message_state", "receipted_message_id"]
+    assert pdu.params["receipted_message_id"] == "second"
+    assert pdu.params["message_state"] == 5
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (b"m42\x00", "m42"),
+    (b"m42", "m4"),  # no NUL: smpplib drops the last octet regardless
+    (b"", ""),  # zero length
+    (b"a\x00b\x00", "a\x00b"),  # embedded NUL kept
+    (b"\xe9t\xe9\x00", "\xe9t\xe9"),  # latin-1, never raises
+])
+def test_receipted_message_id_odd_strings_match_smpplib(value: bytes, expected: str) -> None:
+    raw = _with_tlvs("deliver_sm", _tlv(0x001E, value) + _tlv(0x0424, b""))
+    (pdu, items), fallbacks = _fast_outcome(raw)
+    assert fallbacks == 0
+    assert (pdu, items) == _reference_outcome(raw)
+    assert pdu.params["receipted_message_id"] == expected
+    assert pdu.params["message_payload"] == b""
+
+
+def test_unknown_tag_sends_the_whole_block_to_smpplib() -> None:
+    tlvs = _tlv(0x0427, b"\x02") + _tlv(0x1403, b"???") + _tlv(0x001E, b"m42\x00")
+    raw = _with_tlvs("deliver_sm", tlvs)
+    (pdu, items), fallbacks = _fast_outcome(raw)
+    assert fallbacks == 1
+    assert (pdu, items) == _reference_outcome(raw)
+    assert pdu.params["message_state"] == 2 and pdu.params["receipted_message_id"] == "m42"
+
+
+INVOPT, INVPARLEN = consts.SMPP_ESME_RINVOPTPARSTREAM, consts.SMPP_ESME_RINVPARLEN
+
+
+@pytest.mark.parametrize(("command", "tlvs", "status"), [
+    ("deliver_sm", _tlv(0x0427, b"\x02") + b"\x04\x27\x00", INVOPT),  # stray octets
+    ("deliver_sm", _tlv(0x001E, b"x\x00") + b"\x04\x24\x00\x0a" + b"012345", INVPARLEN),
+    ("submit_sm", b"\x00\x1e\xff\xff", INVPARLEN),  # length 65535 in a tiny PDU
+    ("deliver_sm", _tlv(0x0427, b"\x00\x02"), INVOPT),  # int TLV longer than its size
+    ("deliver_sm", _tlv(0x0204, b"\x01"), INVOPT),  # int TLV shorter than its size
+    ("submit_sm", _tlv(0x001E, b"m42\x00"), INVOPT),  # smpplib has no receipt TLVs here
+    ("deliver_sm", _tlv(0x0420, b"\x01"), INVOPT),  # dpf_result: not a deliver_sm TLV
+    ("submit_sm", _tlv(0x130C, b"\x01"), INVOPT),  # flag TLV: smpplib misreads the value
+])
+def test_malformed_tlv_streams_keep_their_pdu_error(command: str, tlvs: bytes,
+                                                    status: int) -> None:
+    raw = _with_tlvs(command, tlvs, sequence=31)
+    fast, _ = _fast_outcome(raw)
+    assert fast == _reference_outcome(raw)
+    assert fast[:2] == ("PduError", status)
+    assert fast[3:] == (31, False)  # sequence kept, non-fatal
 
 
 # --------------------------------------------------------------------------- encode limits
