@@ -37,11 +37,10 @@ from gateway.campaign_ingest import (
     RowSpec,
     UploadError,
     open_upload,
-    stream_records,
 )
 from gateway.compliance import AdWindow, Clock, send_eta
 from gateway.config import AdvertisingConfig, CampaignsConfig, SendingConfig
-from gateway.domain import MessageClass
+from gateway.domain import MessageClass, MessageStatus
 from gateway.intake import IntakeError, check_sender
 from gateway.masking import mask_msisdn
 from gateway.store.campaigns import (
@@ -178,28 +177,32 @@ class CampaignService:
         if (form.template is None) == (form.text is None):
             raise UploadError("give either a template name or the text of the message",
                               field="template")
-        try:
-            render = self._renderer.row_function(name=form.template, source=form.text)
+        try:  # the template is checked here; each parser compiles its own
+            self._renderer.row_function(name=form.template, source=form.text)
         except TemplateError as exc:
             raise UploadError(str(exc), field="template" if form.template else "text") from None
         cid = uuid.uuid4()
         spec = RowSpec(campaign_id=cid, message_class=form.message_class, sender=form.sender,
                        advertiser=form.advertiser or form.sender, template=form.template,
-                       render=render, refusal=self._sending.refusal,
+                       text=form.text, templates_dir=self._renderer.templates_dir,
+                       template_defaults=dict(self._renderer.defaults),
+                       refusal=self._sending.refusal,
                        khong_dau=form.khong_dau, api_key_id=api_key_id,
                        region=self._sending.region, msisdn_column=form.msisdn_column,
                        mapping=form.mapping, encoding=form.encoding,
                        samples=self._campaigns.samples,
                        needs=self._renderer.row_variables(name=form.template, source=form.text)
                        or frozenset())
-        parser = await open_upload(path, spec)
+        parser = await open_upload(
+            path, spec, workers=self._campaigns.parse_workers,
+            split_bytes=int(self._campaigns.parse_split_mb * (1 << 20)))
         source = form.text if form.text is not None else f"{{% include {form.template!r} %}}"
         new = NewCampaign(id=cid, name=form.name.strip(), message_class=form.message_class.value,
                           sender=form.sender, advertiser=spec.advertiser, template=form.template,
                           source=source, file_name=form.file_name, created_by=api_key_id,
                           schedule_at=form.schedule_at)
         try:
-            campaign = await self.store.ingest(new, stream_records(parser), parser.tail)
+            campaign = await self.store.ingest(new, parser.blocks(), parser.tail)
         except EmptyUpload as exc:
             tail = parser.tail()
             raise UploadError(
@@ -210,7 +213,9 @@ class CampaignService:
                     {"line": r[0], "value": r[1], "kind": r[2], "reason": r[3]}
                     for r in tail.rejects[:200]]}) from None
         log.info("campaign %s %r uploaded: %s", cid, new.name, campaign.upload)
-        return await self.view(campaign.id)
+        held = {s.value: 0 for s in MessageStatus}
+        held[MessageStatus.HELD.value] = campaign.upload["accepted"]
+        return await self.view(campaign.id, counts=held)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def _get(self, campaign_id: UUID) -> Campaign:
@@ -303,12 +308,16 @@ class CampaignService:
                     "window": window.describe() if window else None})
         return est
 
-    async def progress(self, campaign: Campaign) -> dict[str, Any]:
-        counts = await self.store.counts(campaign.id)
+    async def progress(self, campaign: Campaign, counts: dict[str, int] | None = None
+                       ) -> dict[str, Any]:
+        """``counts`` when known (a fresh upload: all held), else counted."""
+        if counts is None:
+            counts = await self.store.counts(campaign.id)
         total = sum(counts.values())
         waiting = sum(counts[s] for s in WAITING)
         final_failed = sum(counts[s] for s in FINAL_FAILED)
-        rate = await self.store.recent_rate(campaign.id, 10.0)
+        rate = 0.0 if campaign.started_at is None else \
+            await self.store.recent_rate(campaign.id, 10.0)
         left = self.estimate(campaign, counts)
         return {"total": total, "counts": counts,
                 "sent": total - waiting - counts["cancelled"],
@@ -321,7 +330,8 @@ class CampaignService:
                 "eta_seconds": left["send_seconds"] if waiting else 0,
                 "eta_at": left["eta_at"] if waiting else None}
 
-    async def view(self, campaign_id: UUID, *, with_rows: bool = True) -> dict[str, Any]:
+    async def view(self, campaign_id: UUID, *, with_rows: bool = True,
+                   counts: dict[str, int] | None = None) -> dict[str, Any]:
         campaign = await self._get(campaign_id)
         out = _summary(campaign)
         out["upload"] = dict(campaign.upload)
@@ -332,7 +342,7 @@ class CampaignService:
                                       for r in await self.store.rejects(campaign_id, kind=kind)]
         out["estimate"] = self.estimate(campaign)
         out["samples"] = campaign.samples
-        out["progress"] = await self.progress(campaign)
+        out["progress"] = await self.progress(campaign, counts)
         out["source"] = campaign.source
         return out
 

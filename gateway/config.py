@@ -362,6 +362,10 @@ class CampaignsConfig:
     tick_s: float = 0.5  # how often the runner looks at running and scheduled campaigns
     report_masked: bool = True  # report.csv masks numbers unless asked otherwise
     samples: int = 5  # rendered samples kept for preview
+    # a CSV upload of parse_split_mb or more is parsed by parse_workers processes at once
+    # (0 = one per CPU), each reading its own part of the file; a smaller one by one thread
+    parse_workers: int = 0
+    parse_split_mb: float = 4.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

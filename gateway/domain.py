@@ -56,3 +56,7 @@ class Priority:
     TRANSACTIONAL = 0
     CARE = 1
     BULK = 5
+
+
+#: Longest message accepted, in segments (a longer text is refused, not truncated).
+MAX_SEGMENTS = 10

@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from gateway.config import SendingConfig
-from gateway.domain import Encoding, MessageClass, Priority
+from gateway.domain import MAX_SEGMENTS, Encoding, MessageClass, Priority
 from gateway.masking import mask_msisdn
 from gateway.numbers import InvalidNumber, normalise_msisdn
 from gateway.queue import BatchingEnqueuer
@@ -24,7 +24,6 @@ from gateway.templating import TemplateError, TemplateRenderer
 
 log = logging.getLogger("smsgw.intake")
 
-MAX_SEGMENTS = 10
 _SENDER_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_. ")
 
 

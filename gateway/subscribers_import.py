@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from gateway.numbers import VN_MOBILE_PREFIXES, InvalidNumber, normalise_msisdn
 from gateway.smpp.encoding import khong_dau, normalise
@@ -470,7 +470,23 @@ def detect_format(path: Path) -> FileFormat:
 
 def check_text(path: Path, encoding: str = "utf-8", *, hint: str = "") -> None:
     """:class:`ImportFileError` naming the first line ``encoding`` cannot read (or that holds
-    a NUL); ``hint`` is added to the reason."""
+    a NUL); ``hint`` is added to the reason. A good file is read in large blocks; the slower
+    line-by-line reading only runs to name the line of a problem found."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError:
+                break
+            if b"\x00" in block:
+                break
+        else:
+            return
+    _name_bad_line(path, encoding, hint)
+
+
+def _name_bad_line(path: Path, encoding: str, hint: str) -> None:
     decoder = codecs.getincrementaldecoder(encoding)()
     shown = "UTF-8" if encoding.replace("-", "").lower().startswith("utf8") else encoding
     with path.open("rb") as fh:
@@ -494,20 +510,26 @@ def _delimiter(first_line: str) -> str:
     return best if counts[best] > 0 else ","
 
 
+def csv_dialect(fh: TextIO) -> tuple[str, bool]:
+    """(delimiter, whether the first non-blank line is Excel's ``sep=;`` hint) of a CSV text
+    file opened with ``newline=""``; the file is left at its start."""
+    first = fh.readline()
+    while first and not first.strip():
+        first = fh.readline()
+    fh.seek(0)
+    sep_line = _SEP_LINE.fullmatch(first.strip())
+    return (sep_line[1], True) if sep_line else (_delimiter(first), False)
+
+
 def _csv_rows(path: Path, encoding: str = "utf-8-sig") -> Iterator[tuple[int, list[str]]]:
     with path.open("r", encoding=encoding, newline="") as fh:
-        first = fh.readline()
-        while first and not first.strip():
-            first = fh.readline()
-        fh.seek(0)
-        sep_line = _SEP_LINE.fullmatch(first.strip())  # Excel's "sep=;" hint line
-        delimiter = sep_line[1] if sep_line else _delimiter(first)
+        delimiter, sep_line = csv_dialect(fh)
         reader = csv.reader(fh, delimiter=delimiter)
         done = 0  # physical lines consumed so far
         try:
             for record in reader:
-                if sep_line is not None and record:
-                    sep_line = None  # skip the hint, keep counting its line
+                if sep_line and record:
+                    sep_line = False  # skip the hint, keep counting its line
                 else:
                     yield done + 1, record
                 done = reader.line_num

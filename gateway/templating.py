@@ -53,7 +53,12 @@ from gateway.domain import Encoding, MessageClass
 from gateway.masking import mask_msisdn
 from gateway.smpp.encoding import MAX_PARTS, analyse, normalise
 from gateway.smpp.encoding import khong_dau as strip_diacritics
-from gateway.template_sandbox import check_rendered, make_environment, render_bounded
+from gateway.template_sandbox import (
+    MAX_VALUE_CHARS,
+    check_rendered,
+    make_environment,
+    render_bounded,
+)
 
 __all__ = [
     "DEFAULT_TEMPLATES_DIR",
@@ -380,6 +385,7 @@ class TemplateRenderer:
         defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self._dir = Path(templates_dir)
+        self._defaults = MappingProxyType(dict(defaults or {}))
         self._env = make_environment(self._dir, filters=FILTERS, defaults=defaults or {},
                                      finalize=_finalize)
         self._lock = threading.Lock()
@@ -390,6 +396,10 @@ class TemplateRenderer:
     @property
     def templates_dir(self) -> Path:
         return self._dir
+
+    @property
+    def defaults(self) -> Mapping[str, Any]:
+        return self._defaults
 
     def clear_cache(self) -> None:
         """Forget compiled templates and metadata (after editing files in a live process)."""
@@ -647,7 +657,10 @@ def _fast_pieces(env: jinja2.Environment, tree: jinja2.nodes.Template) -> list[_
                   and isinstance(item.node, jinja2.nodes.Name) and not item.args
                   and not item.kwargs and item.dyn_args is None and item.dyn_kwargs is None
                   and item.name in _FAST_FILTERS and item.name in env.filters):
-                pieces.append(("", item.node.name, env.filters[item.name]))
+                # the filter itself, not the sandbox's wrapper (its step budget is for
+                # loops; the size check is done by the caller)
+                func = env.filters[item.name]
+                pieces.append(("", item.node.name, getattr(func, "__wrapped__", func)))
             else:
                 return None
     return pieces
@@ -683,6 +696,9 @@ def _fast_row_function(env: jinja2.Environment, source: str, name: str | None
                     value = func(value)
                 except Exception as exc:
                     raise TemplateError(name, f"{var!r}: {exc}") from None
+                if len(value) > MAX_VALUE_CHARS:
+                    raise TemplateError(name, f"{var!r}: the filtered value would be over "
+                                              f"{MAX_VALUE_CHARS} characters")
             out.append(value if type(value) is str else str(value))
         return "".join(out)
 

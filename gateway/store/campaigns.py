@@ -1,9 +1,10 @@
 """Campaigns (marketing broadcasts): their rows, their messages' life, their reports.
 
 An upload is one transaction (:meth:`CampaignStore.ingest`): the campaign row, every
-recipient's message streamed in with COPY (status ``held``), then, set-based, the earlier
-rows of repeated numbers removed, advertising to refused / Do-Not-Call numbers removed and
-the counts taken. A failure anywhere leaves nothing behind.
+recipient's message streamed in with COPY (status ``held``; ids time-ordered UUIDv7, given by
+the parser, so the primary key grows at its end instead of at random places), then,
+set-based, the earlier rows of repeated numbers removed, advertising to refused /
+Do-Not-Call numbers removed and the counts taken. A failure anywhere leaves nothing behind.
 
 Running is done in slices: :meth:`release` moves held messages of a running campaign to
 ``queued`` (with an event each) for the runner to enqueue; :meth:`hold_queued` puts queued
@@ -36,8 +37,8 @@ class CampaignStatus:
 
 #: message columns an upload COPYs, in order
 MESSAGE_COLUMNS: tuple[str, ...] = (
-    "msisdn", "sender", "body", "template", "encoding", "segments", "class", "priority",
-    "khong_dau", "status", "campaign_id", "campaign_line", "advertiser", "api_key_id")
+    "id", "msisdn", "body", "encoding", "segments", "campaign_line", "sender", "template",
+    "class", "priority", "khong_dau", "status", "campaign_id", "advertiser", "api_key_id")
 
 
 class EmptyUpload(Exception):
@@ -66,7 +67,7 @@ class NewCampaign:
 class UploadTail:
     """What the parser knows once every row is read."""
 
-    duplicate_lines: Sequence[int]  # earlier rows of repeated numbers (already COPYed)
+    duplicate_ids: Sequence[UUID]  # earlier rows of repeated numbers (already COPYed)
     rejects: Sequence[tuple[int, str, str, str]]  # (line, value, kind, reason)
     rows: int
     samples: Sequence[dict[str, Any]]
@@ -118,10 +119,7 @@ INSERT INTO campaigns (id, name, class, sender, advertiser, template, source, fi
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 """
 
-_DELETE_DUPLICATES = """
-DELETE FROM messages m USING unnest($2::integer[]) AS d(line)
-WHERE m.campaign_id = $1 AND m.campaign_line = d.line
-"""
+_DELETE_DUPLICATES = "DELETE FROM messages WHERE id = ANY($1::uuid[])"
 
 # Advertising to numbers that refused or are on the Do-Not-Call list (not the voice-only
 # list) is not created; each removed row is kept as a 'suppressed' reject with its reason.
@@ -129,12 +127,11 @@ _SUPPRESS = """
 WITH gone AS (
     DELETE FROM messages m
     USING (
-        SELECT x.msisdn,
-               CASE WHEN s.refused THEN 'opted out' ELSE 'Do-Not-Call' END AS reason
-        FROM (SELECT DISTINCT msisdn FROM messages WHERE campaign_id = $1) AS x
-        LEFT JOIN consent_state s ON s.msisdn = x.msisdn AND s.refused
-        LEFT JOIN dnc_numbers d ON d.msisdn = x.msisdn AND d.channels <> 'voice'
-        WHERE s.msisdn IS NOT NULL OR d.msisdn IS NOT NULL
+        SELECT DISTINCT ON (msisdn) msisdn, reason FROM (
+            SELECT msisdn, 'opted out' AS reason FROM consent_state WHERE refused
+            UNION ALL
+            SELECT msisdn, 'Do-Not-Call' FROM dnc_numbers WHERE channels <> 'voice'
+        ) AS x ORDER BY msisdn, reason DESC
     ) AS sup
     WHERE m.campaign_id = $1 AND m.msisdn = sup.msisdn
     RETURNING m.campaign_line, m.msisdn, sup.reason
@@ -279,18 +276,19 @@ class CampaignStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def ingest(self, new: NewCampaign, records: AsyncIterable[tuple[Any, ...]],
+    async def ingest(self, new: NewCampaign, copy_text: AsyncIterable[bytes],
                      tail: Callable[[], UploadTail]) -> Campaign:
-        """Create the campaign and its held messages in one transaction (see module doc)."""
+        """Create the campaign and its held messages in one transaction (see module doc).
+        ``copy_text``: the messages in COPY's text format, ``MESSAGE_COLUMNS`` in order."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_INSERT, new.id, new.name, new.message_class, new.sender,
                                new.advertiser, new.template, new.source, new.file_name,
                                new.created_by, new.schedule_at)
-            await conn.copy_records_to_table("messages", records=records,
-                                             columns=list(MESSAGE_COLUMNS))
+            await conn.copy_to_table("messages", source=copy_text,
+                                     columns=list(MESSAGE_COLUMNS), format="text")
             done = tail()
-            if done.duplicate_lines:
-                await conn.execute(_DELETE_DUPLICATES, new.id, list(done.duplicate_lines))
+            if done.duplicate_ids:
+                await conn.execute(_DELETE_DUPLICATES, list(done.duplicate_ids))
             if done.rejects:
                 await conn.copy_records_to_table(
                     "campaign_rejects", columns=["campaign_id", "line", "value", "kind", "reason"],
@@ -304,7 +302,7 @@ class CampaignStore:
             rejected = sum(1 for r in done.rejects if r[2] == "rejected")
             upload = {"rows": done.rows,
                       "accepted": sum(n for n, _ in by_enc.values()),
-                      "duplicates": len(done.duplicate_lines),
+                      "duplicates": len(done.duplicate_ids),
                       "rejected": rejected, "suppressed": suppressed}
             if not upload["accepted"]:
                 raise EmptyUpload(upload)

@@ -50,7 +50,13 @@ import pytest
 
 from gateway.ratelimit import default_burst
 from gateway.store.apikeys import ApiKeyStore
-from gateway.store.campaigns import _RELEASE, CampaignStore, NewCampaign, UploadTail
+from gateway.store.campaigns import (
+    _RELEASE,
+    MESSAGE_COLUMNS,
+    CampaignStore,
+    NewCampaign,
+    UploadTail,
+)
 
 N = 2000  # recipients
 ACCOUNT_TPS = 200.0
@@ -361,11 +367,16 @@ async def test_two_gateways_share_a_campaign_and_the_account_tps(
 # --------------------------------------------------------------------------- release vs pause
 
 
-async def _held(campaign_id: uuid.UUID, n: int) -> AsyncIterator[tuple[Any, ...]]:
+async def _held(campaign_id: uuid.UUID, n: int) -> AsyncIterator[bytes]:
+    """COPY text of ``n`` held care messages (MESSAGE_COLUMNS)."""
     base = 900_000_000 + uuid.uuid4().int % 90_000_000
     for i in range(n):
-        yield (f"84{base + i}", "CSKH", f"Chao {i}", None, "gsm7", 1, "care", 5, False, "held",
-               campaign_id, i + 1, "CSKH", None)
+        row = {"id": str(uuid.uuid4()), "msisdn": f"84{base + i}", "body": f"Chao {i}",
+               "encoding": "gsm7", "segments": "1", "campaign_line": str(i + 1),
+               "sender": "CSKH", "template": "\\N", "class": "care", "priority": "5",
+               "khong_dau": "f", "status": "held", "campaign_id": str(campaign_id),
+               "advertiser": "CSKH", "api_key_id": "\\N"}
+        yield ("\t".join(row[c] for c in MESSAGE_COLUMNS) + "\n").encode()
 
 
 async def test_a_release_racing_a_pause_never_leaves_messages_queued(

@@ -6,6 +6,8 @@ import random
 import unicodedata
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from smpplib import consts as smpp_consts
 from smpplib import gsm as smpplib_gsm
 
@@ -22,6 +24,7 @@ from gateway.smpp.encoding import (
     gsm7_encode,
     khong_dau,
     normalise,
+    quick_count,
     split_udh,
 )
 
@@ -380,3 +383,13 @@ def test_analyse_matches_encode_message_on_random_text() -> None:
         msg = encode_message(text, ref=3)
         assert msg.segments == analyse(text).segments == len(msg.parts)
         assert _reassemble(msg) == text
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet=st.sampled_from(
+    "aZ09 .,@€^{}[]~|\\\nàèéìòùÀÉÇåÅßÆæ"  # GSM-7 basic and extension characters
+    "ăâđêôơưĂĐƯạảấầẩẫậ\u0301"  # Vietnamese (UCS-2)
+    "😀🇻🇳\U00020000\ud800"), max_size=400))  # beyond the BMP, and a lone surrogate
+def test_quick_count_answers_as_analyse(text: str) -> None:
+    info = analyse(text)
+    assert quick_count(text) == (info.encoding, info.segments)
