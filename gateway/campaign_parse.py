@@ -129,16 +129,25 @@ class Part:
 class PartTail:
     """What one part knows once it is read. ``keys``/``first``/``last``: every number of the
     part with the line of its first row and its last row (``line << 32 | id``, the low 32 bits
-    of the message id; to find repeats across parts)."""
+    of the message id; to find repeats across parts). ``by_encoding``: messages and segments
+    per encoding of the rows kept (repeats within the part taken off)."""
 
     index: int
     rows: int
+    by_encoding: dict[str, list[int]]
     duplicate_ids: list[int]  # low 32 bits of the ids of rows repeated later in the part
     rejects: list[tuple[int, str, str, str]]
     samples: list[dict[str, Any]]
     keys: array[int]
     first: array[int]
     last: array[int]
+
+
+def _uncount(by_encoding: dict[str, list[int]], packed: int) -> None:
+    """Take a row (as packed in ``PartParser._seen``) off the counts per encoding."""
+    counted = by_encoding["ucs2" if packed >> 36 & 1 else "gsm7"]
+    counted[0] -= 1
+    counted[1] -= packed >> 32 & 0xF
 
 
 def message_id(layout: Layout, low32: int) -> UUID:
@@ -506,7 +515,9 @@ class PartParser:
             raise ValueError("at most 16 parts")
         self._seq = part.index << 28  # the low 32 bits of the next id
         self.rows = 0
-        self._seen: dict[int, int] = {}  # number → line << 32 | id (low 32) of its last row
+        # number → its last row: line << 37 | UCS-2 << 36 | segments << 32 | id (low 32)
+        self._seen: dict[int, int] = {}
+        self._by_encoding = {"gsm7": [0, 0], "ucs2": [0, 0]}
         self._first: dict[int, int] = {}  # number → line of its first row, if repeated
         self._duplicates: list[int] = []  # ids (low 32) of rows repeated later
         self._rejects: list[tuple[int, str, str, str]] = []
@@ -555,10 +566,15 @@ class PartParser:
         earlier = seen.get(key)
         if earlier is not None:
             self._duplicates.append(earlier & 0xFFFFFFFF)
-            self._rejects.append((earlier >> 32, msisdn, "duplicate",
+            self._rejects.append((earlier >> 37, msisdn, "duplicate",
                                   f"same number as line {line}"))
-            self._first.setdefault(key, earlier >> 32)
-        seen[key] = line << 32 | seq
+            self._first.setdefault(key, earlier >> 37)
+            _uncount(self._by_encoding, earlier)
+        ucs2 = encoding is Encoding.UCS2
+        seen[key] = (line << 37) | (ucs2 << 36) | (segments << 32) | seq
+        counted = self._by_encoding["ucs2" if ucs2 else "gsm7"]
+        counted[0] += 1
+        counted[1] += segments
         if len(self._samples) < self._samples_wanted:
             self._samples.append({"line": line, "msisdn": mask_msisdn(msisdn), "text": text,
                                   "encoding": encoding.value, "segments": segments,
@@ -599,9 +615,10 @@ class PartParser:
         first = self._first
         seen = self._seen
         return PartTail(
-            index=self._part.index, rows=self.rows, duplicate_ids=self._duplicates,
+            index=self._part.index, rows=self.rows, by_encoding=self._by_encoding,
+            duplicate_ids=self._duplicates,
             rejects=self._rejects, samples=self._samples, keys=keys,
-            first=array("q", (first.get(k, seen[k] >> 32) for k in keys)),
+            first=array("q", (first.get(k, seen[k] >> 37) for k in keys)),
             last=array("q", seen.values()))
 
 
@@ -610,22 +627,33 @@ def merge_tails(tails: Sequence[PartTail], layout: Layout, samples: int) -> Uplo
     its last row; the last row of each earlier part that has it is a duplicate."""
     tails = sorted(tails, key=lambda t: t.index)
     duplicates = [low for t in tails for low in t.duplicate_ids]
+    by_encoding = {e: [sum(t.by_encoding[e][0] for t in tails),
+                       sum(t.by_encoding[e][1] for t in tails)] for e in ("gsm7", "ucs2")}
     rejects = [r for t in tails for r in t.rejects]
-    if len(tails) > 1:
-        latest: dict[int, int] = dict(zip(tails[0].keys, tails[0].last, strict=True))
-        for t in tails[1:]:
-            get = latest.get
-            for key, first, last in zip(t.keys, t.first, t.last, strict=True):
-                earlier = get(key)
-                if earlier is not None:
-                    duplicates.append(earlier & 0xFFFFFFFF)
-                    rejects.append((earlier >> 32, str(key), "duplicate",
-                                    f"same number as line {first}"))
-                latest[key] = last
-        del latest
+    before: set[int] = set(tails[0].keys) if len(tails) > 1 else set()
+    for i in range(1, len(tails)):
+        t = tails[i]
+        common = before.intersection(t.keys)  # few: look only those up
+        if i < len(tails) - 1:
+            before.update(t.keys)
+        if not common:
+            continue
+        firsts = {k: f for k, f in zip(t.keys, t.first, strict=True) if k in common}
+        for prev in reversed(tails[:i]):  # the latest earlier part holding each number
+            for key, last in zip(prev.keys, prev.last, strict=True):
+                if key in common:
+                    common.discard(key)
+                    duplicates.append(last & 0xFFFFFFFF)
+                    _uncount(by_encoding, last)
+                    rejects.append((last >> 37, str(key), "duplicate",
+                                    f"same number as line {firsts[key]}"))
+            if not common:
+                break
+    del before
     all_samples = sorted((s for t in tails for s in t.samples), key=lambda s: s["line"])
     return UploadTail(duplicate_ids=[message_id(layout, low) for low in duplicates],
                       rejects=rejects, rows=sum(t.rows for t in tails),
+                      by_encoding={e: (n, segs) for e, (n, segs) in by_encoding.items()},
                       samples=all_samples[:samples])
 
 

@@ -14,7 +14,7 @@ ones back on pause; :meth:`cancel_waiting` cancels what is still waiting.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -71,6 +71,8 @@ class UploadTail:
     rejects: Sequence[tuple[int, str, str, str]]  # (line, value, kind, reason)
     rows: int
     samples: Sequence[dict[str, Any]]
+    # (messages, segments) per encoding of the rows COPYed and not repeated; None: count them
+    by_encoding: Mapping[str, tuple[int, int]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +136,13 @@ WITH gone AS (
         ) AS x ORDER BY msisdn, reason DESC
     ) AS sup
     WHERE m.campaign_id = $1 AND m.msisdn = sup.msisdn
-    RETURNING m.campaign_line, m.msisdn, sup.reason
+    RETURNING m.campaign_line, m.msisdn, sup.reason, m.encoding, m.segments
 ), ins AS (
     INSERT INTO campaign_rejects (campaign_id, line, value, kind, reason)
     SELECT $1, campaign_line, msisdn, 'suppressed', reason FROM gone
 )
-SELECT reason, count(*) AS n FROM gone GROUP BY reason
+SELECT reason, encoding, count(*) AS n, sum(segments) AS segments FROM gone
+GROUP BY reason, encoding
 """
 
 _ENCODINGS = """
@@ -294,11 +297,18 @@ class CampaignStore:
                     "campaign_rejects", columns=["campaign_id", "line", "value", "kind", "reason"],
                     records=((new.id, *r) for r in done.rejects))
             suppressed = {"opted_out": 0, "dnc": 0}
+            gone: dict[str, list[int]] = {"gsm7": [0, 0], "ucs2": [0, 0]}
             if new.message_class == "advertising":
                 for row in await conn.fetch(_SUPPRESS, new.id):
-                    suppressed["opted_out" if row["reason"] == "opted out" else "dnc"] = row["n"]
-            by_enc = {r["encoding"]: (r["n"], int(r["segments"]))
-                      for r in await conn.fetch(_ENCODINGS, new.id)}
+                    suppressed["opted_out" if row["reason"] == "opted out" else "dnc"] += row["n"]
+                    gone[row["encoding"]][0] += row["n"]
+                    gone[row["encoding"]][1] += int(row["segments"])
+            if done.by_encoding is None:
+                by_enc = {r["encoding"]: (r["n"], int(r["segments"]))
+                          for r in await conn.fetch(_ENCODINGS, new.id)}
+            else:
+                by_enc = {e: (n - gone[e][0], segs - gone[e][1])
+                          for e, (n, segs) in done.by_encoding.items()}
             rejected = sum(1 for r in done.rejects if r[2] == "rejected")
             upload = {"rows": done.rows,
                       "accepted": sum(n for n, _ in by_enc.values()),

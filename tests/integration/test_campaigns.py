@@ -199,6 +199,11 @@ async def test_a_large_list_parsed_by_worker_processes_gives_what_one_thread_giv
         assert {k: v for k, v in a["estimate"].items() if k not in timeless} == {
             k: v for k, v in b["estimate"].items() if k not in timeless}
         assert a_rows == b_rows and a_rows
+        stored = {"gsm7": 0, "ucs2": 0}  # the counts the parsers kept equal the stored rows
+        for row in a_rows:
+            stored[row[3]] += 1
+        assert b["estimate"]["by_encoding"] == stored
+        assert b["estimate"]["segments"] == sum(row[4] for row in a_rows)
     # each number's last row is kept; COPY got the backslash and the newline intact
     assert a_rows[0][2] == 'Chào Khách\\600 "600"\n(dòng 2), ưu đãi 600.000đ.'
     assert a["upload"]["duplicates"] == 600
@@ -271,6 +276,8 @@ async def test_advertising_labelled_suppressed_and_held_outside_hours(
     view = await api.upload(content, **{"class": "advertising", "text": "Uu dai cho {{ ho_ten }}"})
     assert view["upload"]["accepted"] == 4
     assert view["upload"]["suppressed"] == {"opted_out": 1, "dnc": 1}
+    assert view["estimate"]["messages"] == 4  # the suppressed rows taken off the counts
+    assert view["estimate"]["by_encoding"] == {"gsm7": 4, "ucs2": 0}
     assert {r["reason"] for r in view["upload"]["suppressed_rows"]} == {"opted out",
                                                                          "Do-Not-Call"}
     text = view["samples"][0]["text"]

@@ -139,6 +139,9 @@ def test_parts_give_what_one_part_gives(tmp_path: Path) -> None:
     assert len(one.duplicate_ids) == len(many.duplicate_ids) > 0  # type: ignore[attr-defined]
     assert sorted(one.rejects) == sorted(many.rejects)  # type: ignore[attr-defined]
     assert one.samples == many.samples  # type: ignore[attr-defined]
+    kept = len(many_lines) - len(many.duplicate_ids)  # type: ignore[attr-defined]
+    assert one.by_encoding == many.by_encoding == {  # type: ignore[attr-defined]
+        "gsm7": (0, 0), "ucs2": (kept, kept)}
     assert sorted(r[1:] for r in one_lines) == sorted(r[1:] for r in many_lines)
     ids = [r[0] for r in many_lines]
     assert len(set(ids)) == len(ids)
