@@ -256,7 +256,7 @@ def labelled(text: str, refusal: str, folded_refusal: str) -> str:
     """:func:`gateway.intake.label_advertising` with the refusal's folded form computed once
     (``folded_refusal = _folded(refusal.strip())``) and the body's end folded only."""
     body = text.strip()
-    if not body.upper().startswith(("[QC]", "[AD]")):
+    if body[:4].upper() not in ("[QC]", "[AD]"):  # as body.upper().startswith(...)
         body = f"[QC] {body}"
     refusal = refusal.strip()
     if refusal and not folded_endswith(body, folded_refusal):
@@ -489,6 +489,8 @@ class PartParser:
         self._render = spec.render_function()
         self._number_col = layout.number_col
         self._vars = layout.variables
+        self._csv = layout.fmt == "csv"
+        self._widest = max((i for _, i in layout.variables), default=-1)
         self._vn = spec.region == "VN"
         self._advertising = spec.message_class is MessageClass.ADVERTISING
         self._refusal = spec.refusal
@@ -508,9 +510,9 @@ class PartParser:
                 or set(MESSAGE_COLUMNS[len(per_row):]) != set(constants):
             raise RuntimeError(f"MESSAGE_COLUMNS changed: {MESSAGE_COLUMNS}")
         self._constants = "".join("\t" + constants[c] for c in MESSAGE_COLUMNS[len(per_row):])
-        high = f"{layout.id_high:016x}"
-        self._id_high = f"{high[:8]}-{high[8:12]}-{high[12:16]}-"
-        self._id_low = (0x8 << 60) | (layout.id_random << 32)
+        # every id of the upload: this text, then the row's low 32 bits as 8 hex digits
+        full = str(message_id(layout, 0))
+        self._id_prefix = full[:-8]
         if not 0 <= part.index < 16:
             raise ValueError("at most 16 parts")
         self._seq = part.index << 28  # the low 32 bits of the next id
@@ -526,6 +528,16 @@ class PartParser:
     def _reject(self, line: int, raw: object, reason: str) -> None:
         self._rejects.append((line, _shown(raw), "rejected", reason))
 
+    def _variables(self, cells: Sequence[object]) -> dict[str, Any]:
+        if self._csv and len(cells) > self._widest:  # text cells, all there: the usual row
+            return {var: cells[i].strip() for var, i in self._vars}  # type: ignore[attr-defined]
+        data: dict[str, Any] = {}
+        n = len(cells)
+        for var, i in self._vars:
+            cell = cells[i] if i < n else ""
+            data[var] = cell.strip() if type(cell) is str else _text(cell)
+        return data
+
     def _line(self, line: int, cells: Sequence[object]) -> str | None:
         """One COPY line, or None (the row is rejected)."""
         raw = cells[self._number_col] if self._number_col < len(cells) else None
@@ -536,11 +548,7 @@ class PartParser:
             except _BadValue as exc:
                 self._reject(line, raw, str(exc))
                 return None
-        data: dict[str, Any] = {}
-        n = len(cells)
-        for var, i in self._vars:
-            cell = cells[i] if i < n else ""
-            data[var] = cell.strip() if type(cell) is str else _text(cell)
+        data = self._variables(cells)
         try:
             text = tidy_text(self._render(data))
         except TemplateError as exc:
@@ -581,8 +589,7 @@ class PartParser:
                                   "chars": len(text)})
         if _COPY_SPECIAL_SEARCH(text) is not None:
             text = copy_text(text)
-        low = f"{self._id_low | seq:016x}"
-        return (f"{self._id_high}{low[:4]}-{low[4:]}\t{msisdn}\t{text}\t"
+        return (f"{self._id_prefix}{seq:08x}\t{msisdn}\t{text}\t"
                 f"{_ENCODING_VALUE[encoding]}\t{segments}\t{line}{self._constants}\n")
 
     def blocks(self) -> Iterator[bytes]:

@@ -677,12 +677,17 @@ def _fast_row_function(env: jinja2.Environment, source: str, name: str | None
     if pieces is None:
         return None
     defaults = dict(env.globals)
+    # the fast filters are pure: a column's repeated values (offer tiers, amounts, dates)
+    # are filtered once; at most _MEMO_SIZE values per filtered variable are kept
+    steps: list[tuple[str, str, Callable[[Any], str] | None, dict[str, str]]] = [
+        (literal, var, func, {}) for literal, var, func in pieces]
 
     def render(data: Mapping[str, Any]) -> str:
         # one plain loop (no generator, no call per variable): this runs once per row of a
         # million-row campaign upload
         out: list[str] = []
-        for literal, var, func in pieces:
+        memo: dict[str, str]
+        for literal, var, func, memo in steps:
             if not var:
                 out.append(literal)
                 continue
@@ -692,13 +697,8 @@ def _fast_row_function(env: jinja2.Environment, source: str, name: str | None
             if value is None:
                 raise TemplateError(name, f"variable {var!r} is empty (None)")
             if func is not None:
-                try:
-                    value = func(value)
-                except Exception as exc:
-                    raise TemplateError(name, f"{var!r}: {exc}") from None
-                if len(value) > MAX_VALUE_CHARS:
-                    raise TemplateError(name, f"{var!r}: the filtered value would be over "
-                                              f"{MAX_VALUE_CHARS} characters")
+                known = memo.get(value, None) if type(value) is str else None
+                value = known if known is not None else _filtered(name, var, func, memo, value)
             out.append(value if type(value) is str else str(value))
         return "".join(out)
 
@@ -706,6 +706,22 @@ def _fast_row_function(env: jinja2.Environment, source: str, name: str | None
 
 
 _MISSING = object()
+_MEMO_SIZE = 4096
+
+
+def _filtered(name: str | None, var: str, func: Callable[[Any], str], memo: dict[str, str],
+              value: Any) -> str:
+    """``func(value)`` for the fast row path, bounded, remembered in ``memo`` (str values)."""
+    try:
+        out = func(value)
+    except Exception as exc:
+        raise TemplateError(name, f"{var!r}: {exc}") from None
+    if len(out) > MAX_VALUE_CHARS:
+        raise TemplateError(name, f"{var!r}: the filtered value would be over "
+                                  f"{MAX_VALUE_CHARS} characters")
+    if type(value) is str and len(memo) < _MEMO_SIZE:
+        memo[value] = out
+    return out
 #: filters the fast path may call directly (pure, one argument)
 _FAST_FILTERS = frozenset({"vnd", "number", "date", "khong_dau", "first_name", "mask", "upper",
                            "lower", "title", "capitalize", "trim"})

@@ -178,9 +178,13 @@ def quick_count(text: str) -> tuple[Encoding, int]:
     if _GSM_BASIC_SET.issuperset(text):
         n = len(text)
         return Encoding.GSM7, 1 if n <= GSM7_SINGLE else -(-n // GSM7_PART)
-    # no character beyond the BMP: one UTF-16 unit each (a C-speed test; max() is slower)
-    if text and len(text.encode("utf-16-le", "surrogatepass")) == 2 * len(text) \
-            and not _GSM_ALL_SET.issuperset(text):
+    # no character beyond the BMP: one UTF-16 unit each, after the 2-byte BOM (a C-speed
+    # test; max() is slower). A lone surrogate cannot be encoded: analyse() counts it.
+    try:
+        bmp_only = len(text.encode("utf-16")) == 2 * len(text) + 2
+    except UnicodeEncodeError:
+        bmp_only = False
+    if text and bmp_only and not _GSM_ALL_SET.issuperset(text):
         n = len(text)
         return Encoding.UCS2, 1 if n <= UCS2_SINGLE else -(-n // UCS2_PART)
     info = analyse(text)

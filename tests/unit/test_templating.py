@@ -455,3 +455,19 @@ def test_render_source_caches_compilation(renderer: TemplateRenderer) -> None:
 def test_no_autoescape(renderer: TemplateRenderer) -> None:
     out = renderer.render_source("{{ t }}", {"t": "A & B <3"})
     assert out.text == "A & B <3"
+
+
+def test_row_function_filters_repeated_values_once_and_still_refuses_bad_ones(
+        renderer: TemplateRenderer) -> None:
+    """The fast row path remembers a filter's result per value (offer tiers repeat); a value
+    the filter refuses is refused every time, and results stay right past the memory's size."""
+    render = renderer.row_function(source="Ưu đãi {{ tien | vnd }} cho {{ ten | upper }}")
+    assert render({"tien": "50000", "ten": "an"}) == "Ưu đãi 50.000đ cho AN"
+    assert render({"tien": "50000", "ten": "bình"}) == "Ưu đãi 50.000đ cho BÌNH"
+    assert render({"tien": 50000, "ten": "an"}) == "Ưu đãi 50.000đ cho AN"  # not a str key
+    for _ in range(2):
+        with pytest.raises(TemplateError, match="tien"):
+            render({"tien": "năm mươi", "ten": "an"})
+    for i in range(10_000):
+        assert render({"tien": str(i), "ten": "x"}).startswith("Ưu đãi ")
+    assert render({"tien": "9999", "ten": "x"}) == "Ưu đãi 9.999đ cho X"
