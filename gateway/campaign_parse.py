@@ -55,7 +55,7 @@ from gateway.subscribers_import import (
 from gateway.templating import TemplateError, TemplateRenderer, tidy_text
 
 #: COPY text handed over at a time (bytes, about)
-BLOCK_BYTES = 256 * 1024
+BLOCK_BYTES = 1 << 20
 
 
 class UploadError(Exception):
@@ -207,12 +207,17 @@ def fast_msisdn(raw: object) -> str | None:
     after trying the much slower phonenumbers parse: this is most of a large upload's cost."""
     if type(raw) is not str:
         return None
-    if raw.isascii() and raw.isdigit():  # plain digits: no regex (most cells)
-        n = len(raw)
-        if n == 10 and raw[0] == "0":
-            sub = raw[1:]
-        elif n == 11 and raw.startswith("84"):
-            sub = raw[2:]
+    # digits once the ASCII separators are gone (most cells): no regex
+    digits = raw if raw.isdigit() else raw.translate(_ASCII_SEPARATORS)
+    plus = digits[:1] == "+"
+    if plus:
+        digits = digits[1:]
+    if digits.isascii() and digits.isdigit():
+        n = len(digits)
+        if n == 10 and digits[0] == "0" and not plus:
+            sub = digits[1:]
+        elif n == 11 and digits.startswith("84"):
+            sub = digits[2:]
         else:
             return None
         return None if sub[0] == "0" or sub[:2] not in VN_MOBILE_PREFIXES else "84" + sub
@@ -221,6 +226,10 @@ def fast_msisdn(raw: object) -> str | None:
     if found is None or found[1][:2] not in VN_MOBILE_PREFIXES or not found[1].isascii():
         return None
     return "84" + found[1]
+
+
+#: what _SEPARATORS removes, in ASCII (other white space goes the regex way)
+_ASCII_SEPARATORS = str.maketrans("", "", " .-()/\t\n\r\f\v")
 
 
 def _folded(text: str) -> str:

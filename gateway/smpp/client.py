@@ -110,11 +110,29 @@ class _Connection:
         self.writer = writer
         self.slots = asyncio.Semaphore(window)
         self.closed = asyncio.Event()
+        self._out: list[bytes] = []  # PDUs encoded since the last flush
 
     def write(self, event: Request | Reply) -> None:
-        self.writer.write(self.session.send(event, now=time.monotonic()))
+        """Encode now (errors raise here); the bytes go out with everything else written in
+        this turn of the event loop, in one send instead of one per PDU."""
+        data = self.session.send(event, now=time.monotonic())
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._out.append(data)
+
+    def flush(self) -> None:
+        if self._out:
+            data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+            self._out.clear()
+            if not self.writer.is_closing():
+                self.writer.write(data)
+
+    async def drain(self) -> None:
+        self.flush()
+        await self.writer.drain()
 
     def close(self) -> None:
+        self.flush()
         if not self.writer.is_closing():
             self.writer.close()
         self.closed.set()
@@ -178,7 +196,7 @@ class Bind:
             with contextlib.suppress(Exception):
                 fut = asyncio.get_running_loop().create_future()
                 conn.write(Request(command="unbind", ref=fut))
-                await conn.writer.drain()
+                await conn.drain()
                 await asyncio.wait_for(fut, max(0.1, min(5.0, deadline - time.monotonic())))
         if self._deliver_tasks:
             await asyncio.wait(self._deliver_tasks, timeout=max(0.1, deadline - time.monotonic()))
