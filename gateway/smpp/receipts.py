@@ -95,11 +95,27 @@ _KEY_RE = re.compile(
 )
 
 
+# The usual layout (SMPP 3.4 appendix B, as most SMSCs write it), values without colons or
+# white space: parsed in one match, with the same answer as the general reading below.
+_STANDARD = re.compile(
+    r"id:([^\s:]+) sub:([^\s:]+) dlvrd:([^\s:]+) submit date:([^\s:]+) "
+    r"done date:([^\s:]+) stat:([^\s:]+) err:([^\s:]+)(?: [Tt]ext:(.*))?", re.DOTALL)
+_STANDARD_KEYS = ("id", "sub", "dlvrd", "submit date", "done date", "stat", "err", "text")
+
+
 def _parse_text(text: str) -> dict[str, str]:
     """Receipt-text fields by lower-case key (``submit date`` / ``done date`` normalised).
 
     ``text`` takes everything after it; every other field takes its first word.
     """
+    standard = _STANDARD.fullmatch(text)
+    if standard is not None:
+        return {k: v for k, v in zip(_STANDARD_KEYS, standard.groups(), strict=True)
+                if v is not None}
+    return _parse_text_general(text)
+
+
+def _parse_text_general(text: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     matches = list(_KEY_RE.finditer(text))
     for index, match in enumerate(matches):

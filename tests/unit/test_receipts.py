@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.domain import MessageStatus
+from gateway.smpp import receipts
 from gateway.smpp.receipts import (
     MESSAGE_STATE_TLV,
     Receipt,
@@ -290,3 +293,18 @@ def test_id_candidates_match_across_representations() -> None:
 
 def test_id_candidates_huge_ids_do_not_raise() -> None:
     assert id_candidates("9" * 5000) == ("9" * 5000,)
+
+
+_VALUE = st.text(alphabet="0123456789abcdefABCDEF-_x:. ", min_size=0, max_size=12)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(values=st.lists(_VALUE, min_size=7, max_size=7),
+       tail=st.one_of(st.none(), st.text(max_size=30)), text_key=st.sampled_from(["text", "Text"]))
+def test_standard_layout_fast_path_reads_as_the_general_parser(
+        values: list[str], tail: str | None, text_key: str) -> None:
+    keys = ("id", "sub", "dlvrd", "submit date", "done date", "stat", "err")
+    text = " ".join(f"{k}:{v}" for k, v in zip(keys, values, strict=True))
+    if tail is not None:
+        text += f" {text_key}:{tail}"
+    assert receipts._parse_text(text) == receipts._parse_text_general(text)
