@@ -408,8 +408,11 @@ class CampaignService:
         running = await self.store.running()
         self.gate.replace({c.id for c in running}, since=mark)
         released = 0
-        target = max(self._campaigns.min_release,
-                     int(self._campaigns.lookahead_s * self.links_tps()))
+        links_tps = self.links_tps()
+        target = max(self._campaigns.min_release, int(self._campaigns.lookahead_s * links_tps))
+        # jobs of at most job_size and about a second of the links' sending, so that several
+        # gateway processes share a slow campaign (and a crash strands little)
+        size = min(self._campaigns.job_size, max(50, int(links_tps)))
         for campaign in running:
             if campaign.message_class == "advertising" and not self.window.is_open(now):
                 continue
@@ -417,7 +420,6 @@ class CampaignService:
             ids: list[UUID] = []
             if room > 0:
                 ids = await self.store.release(campaign.id, room, now)
-                size = self._campaigns.job_size
                 for i in range(0, len(ids), size):
                     await enqueue(ids[i:i + size])
                 released += len(ids)

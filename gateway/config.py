@@ -353,7 +353,8 @@ class CampaignsConfig:
     """``[campaigns]``: uploads and how running campaigns are fed to the links."""
 
     max_upload_mb: int = 200  # a larger upload gets 413
-    job_size: int = 1000  # message ids per arq send job
+    # message ids per arq send job, at most (and about a second of the links' TPS)
+    job_size: int = 1000
     # messages released (queued) ahead of the links: this many seconds at the links' TPS
     lookahead_s: float = 3.0
     # ... but at least this many: a link without a TPS (tps = 0) counts 100/s here, which

@@ -142,7 +142,42 @@ def _pack(text: str, costs: list[int], limit: int) -> tuple[str, ...]:
     return tuple(chunks)
 
 
+def _slices(text: str, limit: int) -> tuple[str, ...]:
+    return tuple(text[i:i + limit] for i in range(0, len(text), limit))
+
+
+def _bmp_only(text: str) -> bool:
+    """Every character one UTF-16 unit (a lone surrogate cannot be encoded: not counted)."""
+    try:
+        return len(text.encode("utf-16")) == 2 * len(text) + 2
+    except UnicodeEncodeError:
+        return False
+
+
 def _plan(text: str, *, force_ucs2: bool = False, ref16: bool = False) -> _Plan:
+    """How ``text`` is split: :func:`_plan_general`'s answer, found without a loop per
+    character for the usual texts (every character one unit: plain GSM-7, or BMP-only
+    UCS-2), where packing whole characters greedily is plain slicing."""
+    if not force_ucs2 and _GSM_BASIC_SET.issuperset(text):
+        n = len(text)
+        if n <= GSM7_SINGLE:
+            return _Plan(Encoding.GSM7, n, (text,), ())
+        return _Plan(Encoding.GSM7, n,
+                     _slices(text, GSM7_PART_16BIT_REF if ref16 else GSM7_PART), ())
+    if _bmp_only(text):
+        outside = set(text).difference(_GSM_ALL_SET)
+        if outside or force_ucs2:
+            ucs2_chars = tuple(sorted(outside, key=text.index))  # first-appearance order
+            n = len(text)
+            if n <= UCS2_SINGLE:
+                return _Plan(Encoding.UCS2, n, (text,), ucs2_chars)
+            return _Plan(Encoding.UCS2, n,
+                         _slices(text, UCS2_PART_16BIT_REF if ref16 else UCS2_PART),
+                         ucs2_chars)
+    return _plan_general(text, force_ucs2=force_ucs2, ref16=ref16)
+
+
+def _plan_general(text: str, *, force_ucs2: bool = False, ref16: bool = False) -> _Plan:
     gsm_costs: list[int] = []
     non_gsm: dict[str, None] = {}
     for ch in text:
@@ -178,13 +213,8 @@ def quick_count(text: str) -> tuple[Encoding, int]:
     if _GSM_BASIC_SET.issuperset(text):
         n = len(text)
         return Encoding.GSM7, 1 if n <= GSM7_SINGLE else -(-n // GSM7_PART)
-    # no character beyond the BMP: one UTF-16 unit each, after the 2-byte BOM (a C-speed
-    # test; max() is slower). A lone surrogate cannot be encoded: analyse() counts it.
-    try:
-        bmp_only = len(text.encode("utf-16")) == 2 * len(text) + 2
-    except UnicodeEncodeError:
-        bmp_only = False
-    if text and bmp_only and not _GSM_ALL_SET.issuperset(text):
+    # no character beyond the BMP: one UTF-16 unit each (a C-speed test; max() is slower)
+    if text and _bmp_only(text) and not _GSM_ALL_SET.issuperset(text):
         n = len(text)
         return Encoding.UCS2, 1 if n <= UCS2_SINGLE else -(-n // UCS2_PART)
     info = analyse(text)

@@ -393,3 +393,16 @@ def test_analyse_matches_encode_message_on_random_text() -> None:
 def test_quick_count_answers_as_analyse(text: str) -> None:
     info = analyse(text)
     assert quick_count(text) == (info.encoding, info.segments)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(
+    "aZ09 .,@€^{}[]~|\\\nàèéìòùÀÉÇåÅßÆæ"
+    "ăâđêôơưĂĐƯạảấầẩẫậ\u0301"
+    "😀🇻🇳\U00020000\ud800"), max_size=400), force_ucs2=st.booleans(), ref16=st.booleans())
+def test_plan_fast_paths_split_as_the_general_planner(text: str, force_ucs2: bool,
+                                                      ref16: bool) -> None:
+    from gateway.smpp.encoding import _plan, _plan_general
+
+    assert _plan(text, force_ucs2=force_ucs2, ref16=ref16) == _plan_general(
+        text, force_ucs2=force_ucs2, ref16=ref16)
