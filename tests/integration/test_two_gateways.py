@@ -219,6 +219,10 @@ async def test_two_gateways_share_a_campaign_and_the_account_tps(
         "SMSGW_SMPP_ACCOUNT": f"shared-{tag}", "SMSGW_SMPP_ACCOUNT_TPS": str(ACCOUNT_TPS),
         "SMSGW_SMPP_RECONNECT_MIN_S": "0.2", "SMSGW_SMPP_RECONNECT_MAX_S": "1",
         "SMSGW_GREETINGS_ENABLED": "false",
+        # small jobs: an arq worker starts every job it finds in one poll, so with few large
+        # jobs (a 2,000-message campaign) one process could take them all before the other
+        # polls; sharing is what this test is about
+        "SMSGW_CAMPAIGNS_JOB_SIZE": "50",
     }
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
         sim = Sim(http, ctl_port)
