@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import operator
 import pickle
 import re
 import struct
@@ -27,6 +28,7 @@ import sys
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, BinaryIO
 from uuid import UUID
@@ -54,6 +56,8 @@ from gateway.subscribers_import import (
 )
 from gateway.templating import TemplateError, TemplateRenderer, tidy_text
 
+#: a row's line must fit in 27 bits of its packed record (see PartParser)
+_MAX_LINE = 1 << 27
 #: COPY text handed over at a time (bytes, about)
 BLOCK_BYTES = 1 << 20
 
@@ -144,7 +148,7 @@ class PartTail:
 
 
 def _uncount(by_encoding: dict[str, list[int]], packed: int) -> None:
-    """Take a row (as packed in ``PartParser._seen``) off the counts per encoding."""
+    """Take a row (as packed in ``PartParser._packed``) off the counts per encoding."""
     counted = by_encoding["ucs2" if packed >> 36 & 1 else "gsm7"]
     counted[0] -= 1
     counted[1] -= packed >> 32 & 0xF
@@ -526,11 +530,12 @@ class PartParser:
             raise ValueError("at most 16 parts")
         self._seq = part.index << 28  # the low 32 bits of the next id
         self.rows = 0
-        # number → its last row: line << 37 | UCS-2 << 36 | segments << 32 | id (low 32)
-        self._seen: dict[int, int] = {}
+        # each row sent to COPY, in file order: its number, and line << 37 | UCS-2 << 36 |
+        # segments << 32 | id (low 32 bits). 16 bytes a row: repeats are found at the end of
+        # the part by sorting (a dict of every number would take four times the memory)
+        self._keys = array("q")
+        self._packed = array("Q")
         self._by_encoding = {"gsm7": [0, 0], "ucs2": [0, 0]}
-        self._first: dict[int, int] = {}  # number → line of its first row, if repeated
-        self._duplicates: list[int] = []  # ids (low 32) of rows repeated later
         self._rejects: list[tuple[int, str, str, str]] = []
         self._samples: list[dict[str, Any]] = []
 
@@ -576,19 +581,13 @@ class PartParser:
             self._reject(line, raw, f"message too long: {segments} segments ({encoding}); "
                                     f"at most {MAX_SEGMENTS}")
             return None
-        key = int(msisdn)
+        if line >= _MAX_LINE:
+            raise UploadError(f"the file has more than {_MAX_LINE - 1:,} lines")
         seq = self._seq
         self._seq = seq + 1
-        seen = self._seen
-        earlier = seen.get(key)
-        if earlier is not None:
-            self._duplicates.append(earlier & 0xFFFFFFFF)
-            self._rejects.append((earlier >> 37, msisdn, "duplicate",
-                                  f"same number as line {line}"))
-            self._first.setdefault(key, earlier >> 37)
-            _uncount(self._by_encoding, earlier)
         ucs2 = encoding is Encoding.UCS2
-        seen[key] = (line << 37) | (ucs2 << 36) | (segments << 32) | seq
+        self._keys.append(int(msisdn))
+        self._packed.append((line << 37) | (ucs2 << 36) | (segments << 32) | seq)
         counted = self._by_encoding["ucs2" if ucs2 else "gsm7"]
         counted[0] += 1
         counted[1] += segments
@@ -627,50 +626,84 @@ class PartParser:
             yield "".join(lines).encode("utf-8")
 
     def tail(self) -> PartTail:
-        keys = array("q", self._seen)
-        first = self._first
-        seen = self._seen
+        """Once :meth:`blocks` is exhausted: every row of a number but its last is a repeat
+        (reported against the number's next row); the numbers with their first and last
+        rows, sorted by number."""
+        keys, packed = self._keys, self._packed
+        self._keys, self._packed = array("q"), array("Q")
+        n = len(keys)
+        # number << 27 | row index, sorted: a number's rows together, in file order
+        order = sorted(map(operator.or_, map(operator.lshift, keys, repeat(27, n)), range(n)))
+        del keys
+        numbers, first, last = array("q"), array("q"), array("Q")
+        duplicates: list[int] = []
+        mask = (1 << 27) - 1
+        prev_key = -1
+        prev = 0
+        for combined in order:
+            key = combined >> 27
+            row = packed[combined & mask]
+            if key == prev_key:  # the number's previous row was not its last
+                duplicates.append(prev & 0xFFFFFFFF)
+                self._rejects.append((prev >> 37, str(key), "duplicate",
+                                      f"same number as line {row >> 37}"))
+                _uncount(self._by_encoding, prev)
+                last[-1] = row
+            else:
+                numbers.append(key)
+                first.append(row >> 37)
+                last.append(row)
+                prev_key = key
+            prev = row
         return PartTail(
             index=self._part.index, rows=self.rows, by_encoding=self._by_encoding,
-            duplicate_ids=self._duplicates,
-            rejects=self._rejects, samples=self._samples, keys=keys,
-            first=array("q", (first.get(k, seen[k] >> 37) for k in keys)),
-            last=array("q", seen.values()))
+            duplicate_ids=duplicates, rejects=self._rejects, samples=self._samples,
+            keys=numbers, first=first, last=last)
 
 
 def merge_tails(tails: Sequence[PartTail], layout: Layout, samples: int) -> UploadTail:
     """One upload's tail from its parts' (in file order): a number in several parts keeps
-    its last row; the last row of each earlier part that has it is a duplicate."""
+    its last row; the last row of a part that has it is a duplicate of the first row of the
+    next part that has it. Each part's numbers come sorted: they are walked side by side,
+    without a set of every number."""
     tails = sorted(tails, key=lambda t: t.index)
     duplicates = [low for t in tails for low in t.duplicate_ids]
     by_encoding = {e: [sum(t.by_encoding[e][0] for t in tails),
                        sum(t.by_encoding[e][1] for t in tails)] for e in ("gsm7", "ucs2")}
     rejects = [r for t in tails for r in t.rejects]
-    before: set[int] = set(tails[0].keys) if len(tails) > 1 else set()
-    for i in range(1, len(tails)):
-        t = tails[i]
-        common = before.intersection(t.keys)  # few: look only those up
-        if i < len(tails) - 1:
-            before.update(t.keys)
-        if not common:
-            continue
-        firsts = {k: f for k, f in zip(t.keys, t.first, strict=True) if k in common}
-        for prev in reversed(tails[:i]):  # the latest earlier part holding each number
-            for key, last in zip(prev.keys, prev.last, strict=True):
-                if key in common:
-                    common.discard(key)
-                    duplicates.append(last & 0xFFFFFFFF)
-                    _uncount(by_encoding, last)
-                    rejects.append((last >> 37, str(key), "duplicate",
-                                    f"same number as line {firsts[key]}"))
-            if not common:
-                break
-    del before
+    for p, part in enumerate(tails[:-1]):
+        superseded = bytearray(len(part.keys))  # found in a nearer later part already
+        for later in tails[p + 1:]:
+            for i, j in _common(part.keys, later.keys):
+                if superseded[i]:
+                    continue
+                superseded[i] = 1
+                last = part.last[i]
+                duplicates.append(last & 0xFFFFFFFF)
+                _uncount(by_encoding, last)
+                rejects.append((last >> 37, str(part.keys[i]), "duplicate",
+                                f"same number as line {later.first[j]}"))
     all_samples = sorted((s for t in tails for s in t.samples), key=lambda s: s["line"])
     return UploadTail(duplicate_ids=[message_id(layout, low) for low in duplicates],
                       rejects=rejects, rows=sum(t.rows for t in tails),
                       by_encoding={e: (n, segs) for e, (n, segs) in by_encoding.items()},
                       samples=all_samples[:samples])
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """(i, j) with ``a[i] == b[j]``, both sorted and without repeats."""
+    i = j = 0
+    na, nb = len(a), len(b)
+    while i < na and j < nb:
+        x, y = a[i], b[j]
+        if x < y:
+            i += 1
+        elif x > y:
+            j += 1
+        else:
+            yield i, j
+            i += 1
+            j += 1
 
 
 # --------------------------------------------------------------------------- worker process
