@@ -188,25 +188,81 @@ async def test_a_large_list_parsed_by_worker_processes_gives_what_one_thread_giv
     shared = (SHARED / "broadcast.csv").read_bytes()
     tricky_rows = ["so_dien_thoai,ho_ten,uu_dai_vnd"] + [
         f'09{i % 300:08d},"Khách\\{i}\t""{i}""\n(dòng 2)",{i}000' for i in range(900)]
-    tricky = "\n".join(tricky_rows).encode()
-    for content in (shared, tricky):
-        fields = {"text": "Chào {{ ho_ten }}, ưu đãi {{ uu_dai_vnd | vnd }}."}
+    tricky = "\n".join(tricky_rows)
+    cases: list[tuple[str, bytes, dict[str, str]]] = [
+        ("shared", shared, {}), ("tricky", tricky.encode(), {}),
+        ("cp1258 with CRLF", to_cp1258(tricky.replace("\n(", "\r\n(").replace(
+            "000\n", "000\r\n")), {"encoding": "cp1258"})]
+    kept: dict[str, list[tuple[Any, ...]]] = {}
+    for name, content, extra in cases:
+        fields = {"text": "Chào {{ ho_ten }}, ưu đãi {{ uu_dai_vnd | vnd }}.", **extra}
         a, a_rows = await _upload_rows(one, content, **fields)
         b, b_rows = await _upload_rows(many, content, **fields)
         assert len(content) > 2 * 512  # cut into parts
-        assert a["upload"] == b["upload"] and a["samples"] == b["samples"]
+        assert a["upload"] == b["upload"] and a["samples"] == b["samples"], name
         timeless = {"starts_at", "eta_at"}  # the estimate's times are from now
         assert {k: v for k, v in a["estimate"].items() if k not in timeless} == {
-            k: v for k, v in b["estimate"].items() if k not in timeless}
-        assert a_rows == b_rows and a_rows
+            k: v for k, v in b["estimate"].items() if k not in timeless}, name
+        assert a_rows == b_rows and a_rows, name
         stored = {"gsm7": 0, "ucs2": 0}  # the counts the parsers kept equal the stored rows
         for row in a_rows:
             stored[row[3]] += 1
-        assert b["estimate"]["by_encoding"] == stored
-        assert b["estimate"]["segments"] == sum(row[4] for row in a_rows)
+        assert b["estimate"]["by_encoding"] == stored, name
+        assert b["estimate"]["segments"] == sum(row[4] for row in a_rows), name
+        kept[name] = a_rows
+        if name != "shared":
+            assert a["upload"]["duplicates"] == 600
     # each number's last row is kept; COPY got the backslash and the newline intact
-    assert a_rows[0][2] == 'Chào Khách\\600 "600"\n(dòng 2), ưu đãi 600.000đ.'
-    assert a["upload"]["duplicates"] == 600
+    assert kept["tricky"][0][2] == 'Chào Khách\\600 "600"\n(dòng 2), ưu đãi 600.000đ.'
+    assert [r[2] for r in kept["cp1258 with CRLF"]] == [  # the same text, NFC, \r\n → \n
+        r[2] for r in kept["tricky"]]
+
+
+async def test_a_cancelled_upload_leaves_no_worker_and_nothing_created(
+        make_stack: MakeStack, tmp_path: Path) -> None:
+    """The upload's task cancelled while its worker processes stream (the gateway stopping,
+    say): the workers are killed, the transaction rolled back."""
+    import os
+
+    from gateway.campaigns import UploadForm
+    from gateway.domain import MessageClass
+
+    st = await make_stack(campaigns=CampaignsConfig(parse_workers=2, parse_split_mb=0.01))
+    assert st.gw.campaigns is not None and st.gw.pool is not None
+    path = tmp_path / "big.csv"
+    path.write_text("so_dien_thoai,ho_ten\n" + "".join(
+        f"09{i % 10**8:08d},Khách {i}\n" for i in range(300_000)), encoding="utf-8")
+    form = UploadForm(name="cancelled", message_class=MessageClass.CARE, sender="CSKH",
+                      advertiser="", template=None, text="Chào {{ ho_ten }}", schedule_at=None,
+                      msisdn_column=None, mapping={}, encoding="utf-8", khong_dau=False,
+                      file_name=path.name)
+
+    def children() -> list[str]:
+        me, found = str(os.getpid()), []
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[1] == me and "python" in stat:
+                found.append(pid)
+        return found
+
+    before = set(children())
+    task = asyncio.create_task(st.gw.campaigns.upload(path, form, api_key_id=None))
+    deadline = time.monotonic() + 20
+    while len(set(children()) - before) < 2:  # both workers started
+        assert time.monotonic() < deadline and not task.done(), "no parse workers seen"
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # streaming
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert set(children()) - before == set()  # killed and reaped
+    assert await st.gw.pool.fetchval("SELECT count(*) FROM campaigns") == 0
+    assert await st.gw.pool.fetchval(
+        "SELECT count(*) FROM messages WHERE campaign_id IS NOT NULL") == 0
 
 
 async def test_a_worker_process_that_fails_creates_nothing(make_stack: MakeStack) -> None:
