@@ -289,7 +289,11 @@ async def test_per_message_options_reach_the_wire(make_multi: MakeMulti) -> None
 async def test_shared_account_limit_across_two_gateways(make_multi: MakeMulti) -> None:
     # Two gateway processes' worth of links on one Redis, same carrier account at 40 seg/s.
     first = await make_multi({"a": {"account": "carrier-x", "account_tps": 40.0}})
-    second = await make_multi({"a": {"account": "carrier-x", "account_tps": 40.0}})
+    # Its own simulator stands for the same SMSC: it must not hand out the ids the first one
+    # does (both number from the current second), or the two gateways' receipts, on the same
+    # link name in one database, match each other's messages.
+    second = await make_multi({"a": {"account": "carrier-x", "account_tps": 40.0}},
+                              sims={"a": {"first_message_id": 0x7_0000_0000_0000}})
     started = time.monotonic()
     ids1 = [(await first.send(to=t, text="shared"))["id"] for t in numbers(60)]
     ids2 = [(await second.send(to=t, text="shared"))["id"] for t in numbers(60)]
