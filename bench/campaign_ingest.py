@@ -260,7 +260,11 @@ def child_main(args: argparse.Namespace) -> None:
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     out["workers_cpu_s"] = kids.ru_utime + kids.ru_stime
     out["workers_rss_mb"] = kids.ru_maxrss / 1024
-    out["workers"] = (os.cpu_count() or 1) if path.stat().st_size >= 4 << 20 else 0
+    from gateway.config import CampaignsConfig
+
+    cfg = CampaignsConfig()  # what the upload ran with
+    split = path.stat().st_size >= cfg.parse_split_mb * (1 << 20)
+    out["workers"] = (cfg.parse_workers or os.cpu_count() or 1) if split else 0
     print("CHILD " + json.dumps(out, default=str), flush=True)
 
 

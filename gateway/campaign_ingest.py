@@ -171,10 +171,9 @@ async def open_upload(path: Path, spec: RowSpec, *, workers: int = 0,
     def prepare() -> Upload:
         high = (int(time.time() * 1000) << 16) | (0x7 << 12) | secrets.randbits(12)
         layout = read_layout(path, spec, id_high=high, id_random=secrets.randbits(30))
-        size = path.stat().st_size
         count = min(workers or os.cpu_count() or 1, 16)
-        parts = (split_csv(path, layout, count, min_bytes=max(1, split_bytes // 2))
-                 if size >= split_bytes else [Part(0, 0, size, 1)])
+        # one part (whole) for an XLSX or a CSV under split_bytes
+        parts = split_csv(path, layout, count, min_bytes=max(1, split_bytes // 2))
         return Upload(path, spec, layout, parts)
 
     return await asyncio.to_thread(prepare)

@@ -44,6 +44,7 @@ from gateway.subscribers_import import (
     FIELD_ALIASES,
     ImportFileError,
     _BadValue,
+    _csv_rows,
     _is_blank,
     _shown,
     _text,
@@ -181,8 +182,6 @@ def table_rows(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, Seque
         return _xlsx_rows(path)
     codec = csv_codec(encoding)
     _check_csv_text(path, codec)
-    from gateway.subscribers_import import _csv_rows
-
     return _csv_rows(path, codec)
 
 
@@ -349,7 +348,7 @@ def read_layout(path: Path, spec: RowSpec, *, id_high: int, id_random: int) -> L
         _check_csv_text(path, codec)
         with path.open("r", encoding=codec, newline="") as fh:
             delimiter, _ = csv_dialect(fh)
-    rows = table_rows(path, spec.encoding) if fmt == "csv" else _xlsx_rows(path)
+    rows = _csv_rows(path, codec) if fmt == "csv" else _xlsx_rows(path)  # text checked above
     try:
         for line, cells in rows:
             if not _is_blank(cells):
