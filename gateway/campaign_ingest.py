@@ -14,6 +14,7 @@ find repeats across parts).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
 import secrets
@@ -144,7 +145,7 @@ class Upload:
                     break
                 else:
                     raise pickle.loads(payload)
-            await proc.wait()
+            await _reap(proc)
             await queue.put(None)
         except asyncio.CancelledError:
             raise
@@ -153,7 +154,7 @@ class Upload:
         finally:
             if proc.returncode is None:
                 proc.kill()
-                await proc.wait()
+                await _reap(proc)
 
     def tail(self) -> UploadTail:
         """Once :meth:`blocks` is exhausted: rows, repeats, rejects and samples."""
@@ -161,6 +162,16 @@ class Upload:
             self._tail = merge_tails(self._tails, self.layout, self.spec.samples)
             self._tails.clear()
         return self._tail
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Wait for a worker to exit, reading what it still wrote: with its pipe's buffer full
+    (the consumer gone) the transport stops reading, never sees the pipe close, and a bare
+    ``wait()`` can wait for ever."""
+    assert proc.stdout is not None
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(proc.stdout.read(), 10)
+    await proc.wait()
 
 
 async def open_upload(path: Path, spec: RowSpec, *, workers: int = 0,
